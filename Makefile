@@ -1,0 +1,37 @@
+# nsp_explore: the two commands of the README are `make tour` and `make test`.
+.PHONY: tour test lab venv export clean-nbs bench wheel readme clean help
+PYTHON ?= python3
+V := .venv/bin
+
+help:
+	@echo "make tour   - set up .venv, train + sample the nano models, write reports/tour.html"
+	@echo "make test   - set up .venv, check notebooks/library sync, run notebook tests and pytest"
+	@echo "make lab    - open JupyterLab on nbs/ (installs the lab extras)"
+	@echo "make export - nbdev_export + nbdev_clean + README (after editing notebooks)"
+	@echo "make bench  - run the CPU benchmarks (JSON under benchmarks/results/)"
+	@echo "make wheel  - build dist/*.whl"
+
+tour:
+	PYTHON=$(PYTHON) scripts/tour.sh
+
+test:
+	PYTHON=$(PYTHON) scripts/test.sh
+
+venv:
+	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev
+
+lab:
+	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,lab,render
+	$(V)/jupyter lab nbs/
+
+export:
+	$(V)/nbdev_export && $(V)/nbdev_clean && $(V)/python tools/make_readme.py
+
+bench: venv
+	$(V)/python benchmarks/run_all.py
+
+wheel: venv
+	$(V)/python -m pip wheel --no-deps -w dist .
+
+clean:
+	rm -rf build dist *.egg-info _proc _docs
