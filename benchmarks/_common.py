@@ -1,0 +1,50 @@
+"""Shared helpers for the benchmark scripts: a printed table and a JSON file under results/.
+
+Every benchmark script calls `save_results(name, rows, **meta)`; the file records the device,
+software versions and machine load so numbers are never read without their context.
+"""
+from __future__ import annotations
+import json, os, platform, sys, time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / 'results'
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def machine() -> dict:
+    import torch
+    from nsp_explore.core import versions
+    d = versions()
+    d.update(cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+             device='cuda' if torch.cuda.is_available() else 'cpu', processor=platform.processor() or platform.machine())
+    try: d['loadavg_1min'] = os.getloadavg()[0]
+    except OSError: pass
+    return d
+
+
+def print_table(rows: list[dict], title: str = '') -> str:
+    "Print rows (list of dicts) as an aligned text table; return the text."
+    if not rows: return ''
+    cols = []
+    for r in rows:
+        for k in r:
+            if k not in cols: cols.append(k)
+    fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
+    cells = [[fmt(r.get(c, '')) for c in cols] for r in rows]
+    w = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = [title] if title else []
+    lines += ['  '.join(c.ljust(w[i]) for i, c in enumerate(cols)), '  '.join('-' * x for x in w)]
+    lines += ['  '.join(v.ljust(w[i]) for i, v in enumerate(row)) for row in cells]
+    text = '\n'.join(lines); print(text); return text
+
+
+def save_results(name: str, rows: list[dict], **meta) -> Path:
+    "Write benchmarks/results/<name>_<device>.json with rows, machine info and extra metadata."
+    m = machine()
+    path = RESULTS / f"{name}_{m['device']}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = dict(benchmark=name, date=time.strftime('%Y-%m-%d %H:%M:%S'), machine=m, meta=meta, rows=rows)
+    tmp = path.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps(payload, indent=2, default=str)); os.replace(tmp, path)
+    print(f'wrote {path}')
+    return path
