@@ -18,7 +18,7 @@ test:
 	PYTHON=$(PYTHON) scripts/test.sh
 
 venv:
-	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev
+	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render
 
 lab:
 	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,lab,render

@@ -4,5 +4,5 @@
 #   scripts/tour.sh [nsp-tour options]     e.g. --out reports/tour.html --preset nano
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup_env.sh fast
+scripts/setup_env.sh fast,render
 exec "${NSP_VENV:-.venv}/bin/nsp-tour" "$@"

@@ -1,0 +1,49 @@
+"""Checks of nsp_explore.viz beyond the notebook: report self-containment, renders, errors."""
+import sys
+import numpy as np, pytest, torch
+from nsp_explore import viz
+
+
+def _cloud(n=200, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
+
+
+def test_report_is_offline_and_inlines_plotly_once(tmp_path):
+    rep = viz.Report('t')
+    for i in range(3): rep.figure(viz.cloud_fig(_cloud(seed=i)), caption=f'c{i}')
+    rep.table([dict(metric='CD', value=0.5)])
+    s = rep.save(tmp_path / 'r.html').read_text()
+    assert s.count('Plotly.newPlot') == 3
+    # plotly.js bundle (megabytes) appears exactly once; no script is loaded from a URL
+    assert s.count('plotly.js v') == 1 or s.count('* plotly.js') == 1
+    assert '<script src="http' not in s and "src='http" not in s
+    assert len(s) > 1_000_000
+
+
+def test_slider_frames_share_ranges():
+    clouds = [_cloud(16), _cloud(64) * 3]
+    fig = viz.cloud_slider(clouds, titles=['a', 'b'])
+    r = fig.layout.scene.xaxis.range
+    assert r[1] - r[0] >= (clouds[1][:, 0].max() - clouds[1][:, 0].min())  # fixed range covers every frame
+    assert [f.name for f in fig.frames] == ['0', '1']
+
+
+def test_cloud_fig_accepts_batched_singleton_tensor():
+    fig = viz.cloud_fig(torch.rand(1, 50, 3))
+    assert len(fig.data[0].x) == 50
+    with pytest.raises(ValueError, match=r'\(N, 3\)'):
+        viz.cloud_fig(torch.rand(2, 50, 3))
+
+
+def test_render_png_or_clear_error(monkeypatch):
+    pytest.importorskip('pyvista')
+    png = viz.render_png(_cloud(300), color=np.arange(300))
+    assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 2000
+
+
+def test_render_png_without_pyvista_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'pyvista', None)   # makes `import pyvista` fail
+    ok, msg = viz.pyvista_status()
+    assert not ok and 'pip install' in msg
+    with pytest.raises(viz.RenderUnavailable, match='pyvista is not installed'):
+        viz.render_png(_cloud())
