@@ -49,11 +49,16 @@ PY
   fi
 fi
 
+# Reinstall only when setup.py/settings.ini changed or an extra is missing; keep earlier extras.
 stamp="$VENV/.nsp_installed"
-want="$(cat setup.py settings.ini | cksum | cut -d' ' -f1)-$extras"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$PY" -c "import nsp_explore" 2>/dev/null; then
-  echo "[setup] installing nsp_explore[$extras] (editable) into $VENV"
-  "${PIP[@]}" -e ".[$extras]"
-  echo "$want" > "$stamp"
+hash="$(cat setup.py settings.ini | cksum | cut -d' ' -f1)"
+have_hash=""; have_extras=""
+[ -f "$stamp" ] && read -r have_hash have_extras < "$stamp" || true
+union=$(printf '%s\n' ${have_extras//,/ } ${extras//,/ } | sort -u | paste -sd, -)
+missing=$(comm -13 <(printf '%s\n' ${have_extras//,/ } | sort -u) <(printf '%s\n' ${extras//,/ } | sort -u))
+if [ "$have_hash" != "$hash" ] || [ -n "$missing" ] || ! "$PY" -c "import nsp_explore" 2>/dev/null; then
+  echo "[setup] installing nsp_explore[$union] (editable) into $VENV"
+  "${PIP[@]}" -e ".[$union]"
+  echo "$hash $union" > "$stamp"
 fi
 "$PY" -c "import torch, nsp_explore; print(f'[setup] ready: nsp_explore {nsp_explore.__version__}, torch {torch.__version__}, cuda={torch.cuda.is_available()}')"
