@@ -51,7 +51,7 @@ def main():
         for N, n in [(2048, None), (15000, 2048)]:
             for B in (1, big_b):
                 x = clouds(B, N, seed=B + N).to(dev)
-                bes = fps_backends(dev) + (['naive'] if dev == 'cpu' and B == 1 else [])
+                bes = ['auto'] + fps_backends(dev) + (['naive'] if dev == 'cpu' and B == 1 else [])
                 for be in bes:
                     if be == 'torch' and dev == 'cpu' and B > 1 and N > 2048 and not args.quick:
                         B_t = 8                                 # the pure-torch loop is slow on CPU: time 8 clouds
@@ -61,7 +61,7 @@ def main():
                     rows.append(dict(what='fps', device=dev, backend=be, N=N, n=n or N, B=B, ms_per_cloud=med,
                                      min_ms_per_cloud=mn, loadavg=loadavg()))
                     print(rows[-1], flush=True)
-                if dev == 'cpu' and 'fpsample' in bes:
+                if dev == 'cpu' and 'fpsample' in bes:  # noqa
                     # the raw library call, to measure the wrapper's overhead (goal: auto within 1.2x of fastest)
                     import fpsample
                     pts = x.cpu().numpy()

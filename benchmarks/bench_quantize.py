@@ -73,4 +73,7 @@ def main(quick: bool):
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
     ap.add_argument('--quick', action='store_true')
-    main(ap.parse_args().quick)
+    ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (1 gives steadier numbers on a busy machine)')
+    a = ap.parse_args()
+    if a.threads: torch.set_num_threads(a.threads)
+    main(a.quick)

@@ -480,3 +480,11 @@ def test_views_and_downsampling():
     rows = capacity_cost(x, lod)
     assert [r['level'] for r in rows] == ['1->4', '4->16', '16->64', '64->256']
     assert all(r['ratio'] >= 1 - 1e-9 for r in rows)
+
+
+def test_torch_backend_chunking(monkeypatch):
+    from nsp_explore import lod as L
+    monkeypatch.setattr(L, 'CPU_CHUNK_POINTS', 500)            # force several chunks of 2 clouds
+    x = rand_clouds(5, 230, seed=16)
+    out = fps_order(x, backend='torch')
+    assert torch.equal(out, fps_order_naive(x, dtype=torch.float32))

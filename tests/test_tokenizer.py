@@ -6,7 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from nsp_explore.tokenizer import (PointNSPTokenizer, TokenizerConfig, TokenizerState, fourier_features, knn_index,
-                                   LeafEncoder, LeafExpansion)
+                                   LeafEncoder, LeafExpansion, tree_ancestors)
 
 
 def blob_clouds(B=3, n=256, seed=0):
@@ -62,19 +62,27 @@ def test_knn_index_matches_bruteforce():
     assert torch.equal(idx[..., 0], torch.arange(30).expand(2, -1))     # itself first
 
 
-def test_encoder_is_equivariant_to_leaf_permutation():
-    "Permuting whole leaves (blocks) and the points inside each leaf permutes the leaf features the same way."
+def test_encoder_ignores_order_inside_leaves():
+    "Shuffling the points inside each leaf (the leaf point stays first) leaves every leaf feature unchanged."
     torch.manual_seed(1)
     cfg = TokenizerConfig.preset('nano')
     enc = LeafEncoder(cfg).eval()
     x = torch.rand(2, 256, 3)
-    leaves = x[:, ::4]
-    perm_leaves = torch.randperm(64)
-    within = torch.cat([torch.tensor([0]), 1 + torch.randperm(3)])        # keep the leaf point first
-    xb = x.view(2, 64, 4, 3)[:, perm_leaves][:, :, within].reshape(2, 256, 3)
+    within = torch.stack([torch.cat([torch.tensor([0]), 1 + torch.randperm(3)]) for _ in range(64)])  # (64, 4)
+    xb = torch.gather(x.view(2, 64, 4, 3), 2, within[None, :, :, None].expand(2, -1, -1, 3)).reshape(2, 256, 3)
+    assert not torch.equal(xb, x)
     with torch.no_grad():
-        f, fp = enc(x, leaves), enc(xb, xb[:, ::4])
-    assert_close(fp, f[:, perm_leaves], atol=1e-5, rtol=1e-4)
+        f, fp = enc(x, x[:, ::4]), enc(xb, xb[:, ::4])
+    assert_close(fp, f, atol=1e-5, rtol=1e-4)
+
+
+def test_tree_ancestors():
+    leaves = torch.rand(2, 64, 3)
+    anc = tree_ancestors(leaves, (1, 4, 16, 64))
+    assert anc.shape == (2, 64, 4, 3)
+    for i in (0, 5, 17, 63):
+        for k, m in enumerate((64, 16, 4, 1)):
+            assert torch.equal(anc[:, i, k], leaves[:, (i // m) * m])
 
 
 def test_leaf_expansion_groups_points_by_leaf():
@@ -179,7 +187,8 @@ def test_bad_inputs_clear_errors(tok):
     with pytest.raises(ValueError, match=r'\(B, N, 3\)'): tok(torch.rand(256, 3))
     bad = x.clone(); bad[0, 5, 1] = float('nan')
     with pytest.raises(ValueError, match='NaN'): tok(bad)
-    with pytest.raises(ValueError, match='LoD index has shape'): tok(x, lod=torch.zeros(2, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match=r'LoD.*index.*\(B, 256\)'): tok(x, lod=torch.zeros(2, 64, dtype=torch.long))
+    with pytest.raises(ValueError, match='LoD index has shape'): tok(x, lod=torch.zeros(3, 256, dtype=torch.long))
     idx, lod = tok.encode(x)
     with pytest.raises(ValueError, match='decode needs 4 scales'): tok.decode(idx[:2])
     with pytest.raises(ValueError, match=r'integers in \[0, 64\)'): tok.decode([i + 64 for i in idx])
@@ -196,3 +205,117 @@ def test_leaf_scale_equal_to_n_points():
     assert t.points_per_leaf == 1 and t.lod_scales == (1, 4, 16, 64)
     out = t(blob_clouds(2, n=64))
     assert out.x_hat.shape == (2, 64, 3)
+
+
+def test_hierarchical_option_runs_and_needs_parents():
+    t = PointNSPTokenizer('nano', hierarchical=True).eval()
+    x = blob_clouds(2, seed=7)
+    idx, _ = t.encode(x)
+    with torch.no_grad(): out = t(x)
+    assert_close(t.decode(idx)['points'], out.x_hat, atol=1e-5, rtol=1e-4)
+    f_hat = t.quantizer.indices_to_features(idx)
+    with pytest.raises(ValueError, match='needs the parent positions'): t.structure(1, f_hat, None)
+
+
+# ---------------------------------------------------------------- training (nsp_explore.train_tokenizer)
+from nsp_explore.train import CheckpointError, save_checkpoint
+from nsp_explore.train_tokenizer import (codebook_usage, evaluate_tokenizer, load_tokenizer, tokenizer_datasets,
+                                         tokenizer_train_config, train_tokenizer)
+
+TRAIN_STEPS = 100
+
+
+@pytest.fixture(scope='module')
+def data():
+    return tokenizer_datasets('nano', n_train=6, n_val=1)
+
+
+@pytest.fixture(scope='module')
+def trained(data):
+    "nano trained briefly once per test session (shared by the tests below)."
+    model, hist = train_tokenizer('nano', dataset=data[0], val_dataset=data[1], steps=TRAIN_STEPS, batch_size=8,
+                                  log_every=20, progress_bar=False)
+    return model, hist
+
+
+def test_training_reduces_loss_and_residual_falls_by_scale(trained, data):
+    model, hist = trained
+    first, last = hist.rows[0], hist.last()
+    assert last['cd'] < 0.5 * first['cd'], (first['cd'], last['cd'])
+    # after training, the relative residual |f - f_hat_k| / |f| falls scale by scale (on validation shapes)
+    from nsp_explore.data import collate
+    b = collate([data[1][i] for i in range(len(data[1]))])
+    with torch.no_grad(): out = model(b['points'], lod=b['lod_index'])
+    res = out.stats['residual_norm']
+    assert all(b_ < a for a, b_ in zip(res, res[1:])), res
+    assert res[-1] < 0.6, res
+
+
+def test_evaluation_rows_and_usage(trained, data):
+    model, _ = trained
+    rows = evaluate_tokenizer(model, data[1])
+    assert [r['scale'] for r in rows] == ['s1', 's2', 's3', 's4', 'final']
+    assert all(r['cd'] >= 0 and r['emd'] >= 0 for r in rows)
+    # finer scales are reconstructed more precisely than the single-point scale 1 in EMD terms per point
+    assert rows[-2]['emd'] < rows[0]['emd']
+    use = codebook_usage(model, data[0])
+    assert use['counts'].shape == (4, model.codebook_size)
+    assert int(use['counts'][3].sum()) == len(data[0]) * 64
+    # a short run already uses a good part of the codebook at the finest scale (dead codes are restarted)
+    assert use['per_scale'][-1] > 0.2, use['per_scale']
+
+
+@pytest.mark.slow
+def test_codebook_usage_above_half_after_nano_training():
+    train, val = tokenizer_datasets('nano')
+    model, _ = train_tokenizer('nano', dataset=train, val_dataset=val, progress_bar=False)
+    use = codebook_usage(model, train)
+    assert use['overall'] > 0.5, use
+
+
+def test_checkpoint_round_trip_and_clear_errors(trained, tmp_path):
+    model, _ = trained
+    p = tmp_path / 'tok.pt'
+    save_checkpoint(p, model, step=TRAIN_STEPS)
+    back = load_tokenizer(p)
+    x = blob_clouds(2, seed=8)
+    for a, b in zip(back.encode(x)[0], model.encode(x)[0]): assert torch.equal(a, b)
+    # corrupt (truncated) file
+    bad = tmp_path / 'cut.pt'; bad.write_bytes(p.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match='corrupt or truncated'): load_tokenizer(bad)
+    # missing file
+    with pytest.raises(CheckpointError, match='does not exist'): load_tokenizer(tmp_path / 'nope.pt')
+    # a checkpoint of another model class
+    other = tmp_path / 'other.pt'; save_checkpoint(other, torch.nn.Linear(3, 3))
+    with pytest.raises(CheckpointError, match='not a PointNSPTokenizer'): load_tokenizer(other)
+    # weights that do not fit the stored config (mismatched architecture)
+    ck = torch.load(p, weights_only=True)
+    ck['model_config']['dim'] = 32
+    mism = tmp_path / 'mismatch.pt'; torch.save(ck, mism)
+    with pytest.raises(CheckpointError, match='shape mismatch'): load_tokenizer(mism)
+    # an invalid config
+    ck['model_config']['scales'] = [1, 3, 16, 64]
+    inval = tmp_path / 'invalid.pt'; torch.save(ck, inval)
+    with pytest.raises(CheckpointError, match='invalid tokenizer config'): load_tokenizer(inval)
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    kw = dict(dataset=data[0], log_every=1, batch_size=4, progress_bar=False)
+    full, h_full = train_tokenizer('nano', steps=6, **kw)
+    p = tmp_path / 'run.pt'
+    def stop_at_3(done, out, history):
+        if done == 3: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):                              # interrupted after 3 steps ...
+        train_tokenizer('nano', steps=6, ckpt_path=p, callbacks=[stop_at_3], **kw)
+    resumed, h_res = train_tokenizer('nano', steps=6, ckpt_path=p, **kw)   # ... and resumed to 6
+    sd_a, sd_b = full.state_dict(), resumed.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a: assert torch.equal(sd_a[k], sd_b[k]), k
+    assert [r['loss'] for r in h_full.rows] == [r['loss'] for r in h_res.rows]
+
+
+def test_train_tokenizer_rejects_dataset_without_lod():
+    from nsp_explore.data import SyntheticShapes
+    ds = SyntheticShapes('train', categories=['chair'], n_per_category=2, n_points=256, resample=False)
+    with pytest.raises(ValueError, match='lod_index'): train_tokenizer('nano', dataset=ds, steps=1)
+    with pytest.raises(KeyError, match='no tokenizer training preset'): tokenizer_train_config('huge')

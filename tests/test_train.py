@@ -195,6 +195,25 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(again.model.inp.weight, straight.model.inp.weight)
 
 
+def test_ctrl_c_mid_step_stops_at_the_step_boundary_and_resumes_exactly(tmp_path):
+    import signal
+    cfg = TrainConfig(**CFG)
+    straight = fit(fresh(), ToyDS(), toy_loss, cfg)
+    calls = []
+    def loss_with_sigint(model, batch):
+        calls.append(1)
+        if len(calls) == 12: os.kill(os.getpid(), signal.SIGINT)      # Ctrl-C in the middle of step 12 (index 11)
+        return toy_loss(model, batch)
+    ck = tmp_path / 'run.pt'
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh(), ToyDS(), loss_with_sigint, cfg, ckpt_path=ck)
+    assert load_checkpoint(ck)['step'] == 12                           # the step in progress was finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    resumed = fit(fresh(), ToyDS(), toy_loss, cfg, ckpt_path=ck)
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
 def test_resume_would_differ_without_restoring_rng(tmp_path):
     "Guard that the exactness test can fail: dropout draws differ if the RNG state is not restored."
     cfg = TrainConfig(**CFG)

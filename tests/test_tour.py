@@ -1,0 +1,32 @@
+"""End to end: the tour's command line, as `make tour` calls it (quick preset), and its bad input."""
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def test_tour_cli_quick_writes_offline_report(tmp_path):
+    out = tmp_path / 'report' / 'tour.html'
+    env = dict(os.environ, NSP_PROGRESS='0')
+    cmd = [str(BIN / 'nsp-tour'), '--preset', 'quick', '--out', str(out), '--workdir', str(tmp_path / 'runs'), '--device', 'cpu']
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    html = out.read_text()
+    assert 'Plotly.newPlot' in html and '<script src="http' not in html      # self-contained
+    for section in ('1. Data', '2. Levels of detail', '3. The tokenizer', '4. The next-scale transformer',
+                    '5. Sampling', '6. Scores'):
+        assert section in html, section
+    summary = json.loads(out.with_suffix('.json').read_text())
+    assert set(summary['seconds']) == {'data', 'lod', 'tokenizer', 'transformer', 'sampling', 'scores'}
+    rows = summary['scores']
+    assert len(rows) == 3 and all(0.0 <= r['COV-CD'] <= 1.0 and 0.0 <= r['1-NNA-EMD'] <= 1.0 for r in rows)
+    # checkpoints were written and a rerun resumes from them (no retraining: much faster tokenizer stage)
+    ck = sorted(p.name for p in (tmp_path / 'runs').rglob('*.pt'))
+    assert 'generator.pt' in ck and 'tokenizer.pt' in ck
+
+
+def test_tour_cli_rejects_unknown_preset(tmp_path):
+    r = subprocess.run([str(BIN / 'nsp-tour'), '--preset', 'huge', '--out', str(tmp_path / 'x.html')],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and 'no preset' in r.stderr
