@@ -304,3 +304,15 @@ def test_emd_auction_2048_points_error():
     ex, au = M.emd_exact(x, y), M.emd_auction(x, y)
     rel = ((au - ex) / ex)
     assert (rel >= -1e-6).all() and rel.mean() < 0.01, rel
+
+
+def test_compute_all_metrics_reuses_ref_matrices():
+    g = torch.Generator().manual_seed(5)
+    A, B, C = (torch.randn(6, 32, 3, generator=g) for _ in range(3))
+    first = M.compute_all_metrics(A, B, metrics=('cd', 'emd'), emd='exact', jsd=False, return_matrices=True)
+    fresh = M.compute_all_metrics(C, B, metrics=('cd', 'emd'), emd='exact', jsd=False)
+    reused = M.compute_all_metrics(C, B, metrics=('cd', 'emd'), emd='exact', jsd=False, ref_matrices=first['matrices'])
+    assert fresh == reused
+    bad = {'cd': {'D_RR': torch.zeros(3, 3)}}
+    with pytest.raises(ValueError, match='D_RR'):
+        M.compute_all_metrics(C, B, metrics=('cd',), jsd=False, ref_matrices=bad)
