@@ -1,0 +1,73 @@
+"""Train the pretrained nano pair (tokenizer + next-scale generator) that ships in data_samples/pretrained/.
+
+    python scripts/train_pretrained.py --tokenizer-steps 3000 --generator-steps 3000 --out data_samples/pretrained
+
+Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
+the device and the wall time of each stage, so `load_pretrained('nano')` users can see how it was made and
+rerun it. Runs on any device (bf16 autocast for the generator on CUDA; the tokenizer is always float32), so a
+CPU rerun reproduces the recipe, not the bits of a GPU run.
+"""
+from __future__ import annotations
+import argparse, json, sys, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+
+from nsp_explore.core import default_device, versions
+from nsp_explore.train import fit
+from nsp_explore.train_tokenizer import tokenizer_datasets, tokenizer_loss, tokenizer_train_config, _val_cd
+from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
+from nsp_explore.transformer import ScaleTransformer, TransformerConfig
+from nsp_explore.generate import cache_tokens, generator_train_config, next_scale_loss
+
+
+def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=None, seed: int = 0, batch_size: int = 32,
+               generator_batch: int = 64, n_train: int | None = None, cache_dir=None, tok_cfg=None, gen_cfg=None) -> dict:
+    "Train and save `nano_tokenizer.pt`, `nano_generator.pt` and `nano.json` under `out`; returns the record."
+    device = default_device(None if device is None else str(device))
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    tok_cfg = tok_cfg or TokenizerConfig.preset('nano')
+    rec = dict(command=' '.join(sys.argv), seed=seed, device=str(device), versions=versions(),
+               tokenizer_config=tok_cfg.to_dict())
+    t0 = time.time()
+    train, val = tokenizer_datasets(tok_cfg, n_train=n_train, seed=seed, cache_dir=cache_dir)
+    rec['data_s'] = time.time() - t0
+    torch.manual_seed(seed)
+    tok = PointNSPTokenizer(tok_cfg).set_frame(train.dataset.normalizer)
+    tcfg = tokenizer_train_config('nano', steps=tokenizer_steps, batch_size=batch_size, seed=seed,
+                                  warmup_steps=min(200, tokenizer_steps // 10 + 1), log_every=max(1, tokenizer_steps // 20))
+    t0 = time.time()
+    h = fit(tok, train, tokenizer_loss, tcfg, device=device, val_fn=_val_cd(val))
+    rec.update(tokenizer_s=time.time() - t0, tokenizer_steps=tokenizer_steps, tokenizer_train=tcfg.to_dict(),
+               tokenizer_val_cd=h.val[-1]['cd'] if h.val else None)
+    tok = tok.eval()
+    t0 = time.time()
+    seqs = cache_tokens(tok, train, passes=tok_cfg.fps_trajectories, device=device)
+    torch.manual_seed(seed)
+    gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
+    gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,
+                                  warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20))
+    hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), next_scale_loss, gcfg, device=device)
+    rec.update(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(),
+               generator_loss=hg.last('loss'), categories=list(train.dataset.categories))
+    _save(tok, out / 'nano_tokenizer.pt'); _save(gen, out / 'nano_generator.pt')
+    (out / 'nano.json').write_text(json.dumps(rec, indent=2, default=str))
+    return rec
+
+
+def _save(model, path: Path):
+    "A weights-only checkpoint in `fit`'s format (no optimizer state: the files ship in the wheel)."
+    from nsp_explore.train import save_checkpoint, TrainConfig
+    save_checkpoint(path, model.cpu().float(), None, None, 0, TrainConfig.preset('nano'), extra={})
+
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--tokenizer-steps', type=int, default=3000)
+    ap.add_argument('--generator-steps', type=int, default=3000)
+    ap.add_argument('--out', default='data_samples/pretrained')
+    ap.add_argument('--device', default=None)
+    ap.add_argument('--seed', type=int, default=0)
+    a = ap.parse_args()
+    print(json.dumps(train_pair(a.tokenizer_steps, a.generator_steps, Path(a.out), a.device, a.seed), indent=2, default=str))
