@@ -196,7 +196,8 @@ def main():
         report['total_s'] = time.perf_counter() - t_all
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2, default=str))
-        if os.environ.get('OUT'): shutil.copy(path, Path(os.environ['OUT']) / path.name)
+        out = Path(os.environ['OUT']) / path.name if os.environ.get('OUT') else None
+        if out is not None and out.resolve() != path.resolve(): shutil.copy(path, out)
     print(f'wrote {path} in {report.get("total_s", 0):.0f} s')
     return report
 
