@@ -291,6 +291,13 @@ def _default_collate(items):
         except ImportError: pass
     return torch.utils.data.default_collate(items)
 
+def _all_finite(batch) -> bool:
+    "Are all floating-point tensors in a (nested) batch finite?"
+    if isinstance(batch, torch.Tensor): return not batch.is_floating_point() or bool(torch.isfinite(batch).all())
+    if isinstance(batch, dict): batch = list(batch.values())
+    if isinstance(batch, (list, tuple)): return all(_all_finite(v) for v in batch)
+    return True
+
 def _batch_len(batch) -> int:
     if isinstance(batch, torch.Tensor): return len(batch) if batch.ndim else 1
     if isinstance(batch, dict): batch = list(batch.values())
@@ -469,6 +476,10 @@ def fit(model: nn.Module, data, loss_fn: Callable, cfg: TrainConfig | None = Non
                         out = loss_fn(net, batch)
                 except FloatingPointError as e:                  # the model's own NaN check: say which step
                     raise FloatingPointError(f"step {step}: {e}") from e
+                except ValueError as e:                          # an input check that met the model's NaN, not the data's
+                    if 'NaN' not in str(e) or not _all_finite(batch): raise
+                    raise FloatingPointError(f"step {step}: the model produced NaN/inf from a finite batch (the weights "
+                                             f"diverged?); the check that caught it said: {e}") from e
                 loss = out['loss']
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {float(loss.detach())} at step {step}; other terms: "
