@@ -490,7 +490,7 @@ class LoDTree:
         if index.dtype.is_floating_point or index.dtype == torch.bool:
             raise ValueError(f"LoD index must hold integers, got {index.dtype}")
         index = index.long()
-        return cls(tuple(scales), index[None] if index.ndim == 1 else index, None).check()
+        return cls(tuple(scales), index[None] if index.ndim == 1 else index, None)   # values: checked by `gather`
 
 # %% ../nbs/04_lod.ipynb #8b8f3b28
 ASSIGNERS = dict(greedy=assign_greedy, optimal=assign_optimal)
