@@ -358,7 +358,8 @@ def main(argv=None) -> int:
     try: path = run_tour(cfg, out=a.out, workdir=a.workdir, device=device)
     except KeyboardInterrupt as e:
         sig = getattr(e, 'signal', None) or (str(e) if str(e) in ('SIGTERM', 'SIGINT') else 'SIGINT')
-        what = str(e) if getattr(e, 'step', None) is not None else f"interrupted ({sig}) outside training; the checkpoints are kept"
+        if getattr(e, 'step', None) is not None: what = str(e).replace('; run again to resume', '')   # from fit
+        else: what = f"interrupted ({sig}) outside training; the checkpoints are kept"
         print(f'nsp-tour: {what}; rerun the same command to resume', file=sys.stderr, flush=True)
         return 128 + (15 if sig == 'SIGTERM' else 2)
     finally:

@@ -506,14 +506,16 @@ def fit(model: nn.Module, data, loss_fn: Callable, cfg: TrainConfig | None = Non
     except KeyboardInterrupt as e:
         history.interrupted = True
         why = stop['hit'] or 'KeyboardInterrupt'
-        if stop['abort'] or not at_boundary:                 # cut inside a step: its weights are neither done nor done+1
-            kept = f"{str(ckpt_path)!r} keeps step {saved}" if saved is not None else "no checkpoint exists yet"
+        if not at_boundary:                                  # cut inside a step: its weights are neither done nor done+1
+            kept = (f"{str(ckpt_path)!r} keeps step {saved}" if saved is not None else
+                    "no checkpoint was written" if ckpt_path is not None else "no ckpt_path was given")
             msg = (f"training interrupted ({'second ' if stop['abort'] else ''}{why}) inside step {done + 1} of {cfg.steps}: "
                    f"nothing saved, since the weights were mid-update; {kept}")
             raise TrainingInterrupted(msg, done, None, stop['hit']) from e
         if ckpt_path is not None and rank == 0:
             save(done)
-            msg = f"training interrupted ({why}) at step {done} of {cfg.steps}: checkpoint written to {str(ckpt_path)!r}; run again to resume"
+            msg = (f"training interrupted ({'second ' if stop['abort'] else ''}{why}) at step {done} of {cfg.steps}: "
+                   f"checkpoint written to {str(ckpt_path)!r}; run again to resume")
         else: msg = f"training interrupted ({why}) at step {done} of {cfg.steps} (no ckpt_path: nothing saved)"
         raise TrainingInterrupted(msg, done, ckpt_path if ckpt_path is not None and rank == 0 else None, stop['hit']) from e
     finally:
