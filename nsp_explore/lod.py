@@ -578,12 +578,11 @@ class LoDDataset(torch.utils.data.Dataset):
         self.dataset, self.scales, self.pick = dataset, check_scales(scales), pick
         self.n_trajectories, self.start, self.seed = int(n_trajectories), start, int(seed)
         if assign not in ASSIGNERS: raise ValueError(f"assign must be one of {sorted(ASSIGNERS)}, got {assign!r}")
-        points = [dataset[i]['points'] for i in range(len(dataset))]                    # each (N, 3)
-        meta = dict(version=_LOD_CACHE_VERSION, scales=self.scales, n=len(dataset), T=self.n_trajectories,
-                    start=str(start), seed=self.seed, assign=assign, points=_fingerprint(points))
+        meta = dict(version=_LOD_CACHE_VERSION, scales=self.scales, n=len(dataset), T=self.n_trajectories, start=str(start),
+                    seed=self.seed, assign=assign, points=_fingerprint(dataset[i]['points'] for i in range(len(dataset))))
         self.index = self._load(cache_path, meta)
         if self.index is None:
-            self.index = self._build(points, assign, backend, batch_size, device, verbose)   # (M, T, s_K)
+            self.index = self._build(assign, backend, batch_size, device, verbose)       # (M, T, s_K)
             if cache_path is not None: atomic_save(dict(meta=meta, index=self.index), cache_path)
 
     @staticmethod
@@ -594,13 +593,13 @@ class LoDDataset(torch.utils.data.Dataset):
         ok = isinstance(blob, dict) and blob.get('meta') == meta
         return blob['index'] if ok else None
 
-    def _build(self, points, assign, backend, batch_size, device, verbose):
+    def _build(self, assign, backend, batch_size, device, verbose):
         M, T = len(self.dataset), self.n_trajectories
         g = torch.Generator().manual_seed(self.seed)
         out = None
         bar = progress(total=M * T, desc='LoD trees', disable=None if verbose else True)
         for lo in range(0, M, batch_size):
-            x = torch.stack(points[lo:lo + batch_size])                                    # (b, N, 3)
+            x = torch.stack([self.dataset[i]['points'] for i in range(lo, min(M, lo + batch_size))])  # (b, N, 3)
             if device is not None: x = x.to(device)
             if out is None:
                 N = x.shape[1]

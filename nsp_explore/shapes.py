@@ -698,10 +698,12 @@ def _check_ply(path: Path):
                              f"({want} lines of data), the file holds {len(lines)}")
         last = [e for e in elems if e[1]][-1] if want else None
         if last is not None:
-            t, props = lines[want - 1].split(), last[2]
-            need = sum(1 if c is None else 0 for _, c in props)
-            if all(c is None for _, c in props): ok = len(t) >= need
-            else: ok = len(t) >= 1 + need and len(t) >= 1 + need + int(float(t[0]))
+            t, pos = lines[want - 1].split(), 0
+            try:
+                for _, count_type in last[2]:                 # walk the properties: a list holds its length first
+                    pos += 1 + (int(float(t[pos])) if count_type is not None else 0)
+                ok = pos <= len(t)
+            except (IndexError, ValueError): ok = False
             if not ok: raise ValueError(f"{path}: truncated PLY: its last {last[0]} line is incomplete ({lines[want - 1][:60]!r})")
     else:                           # binary: the smallest size the header allows (lists may be longer)
         size = body + sum(n * sum(_PLY_SIZES.get(c or t, 4) for t, c in props) for _, n, props in elems)
