@@ -410,6 +410,7 @@ def test_cli_interrupt_prints_one_line(sig, code, capsys, monkeypatch, tmp_path)
     msg = f"training interrupted ({sig}) at step 7 of 20: checkpoint written to 'x/tokenizer.pt'; run again to resume"
     def boom(*a, **k): raise TrainingInterrupted(msg, 7, 'x/tokenizer.pt', sig)
     monkeypatch.setattr(T, 'run_tour', boom)
+    before = signal.getsignal(signal.SIGTERM)
     assert T.main(['--preset', 'quick', '--device', 'cpu', '--out', str(tmp_path / 'r.html'), '--workdir', str(tmp_path)]) == code
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'step 7 of 20' in err and 'Traceback' not in err
@@ -417,7 +418,7 @@ def test_cli_interrupt_prints_one_line(sig, code, capsys, monkeypatch, tmp_path)
     assert T.main(['--preset', 'quick', '--device', 'cpu', '--out', str(tmp_path / 'r.html'), '--workdir', str(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'rerun the same command' in err
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL                # the CLI's SIGTERM handler is removed
+    assert signal.getsignal(signal.SIGTERM) is before                        # the CLI's SIGTERM handler is removed
 
 
 def test_resumed_run_states_total_steps():
