@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #16243b5c
 from __future__ import annotations
-import contextlib, dataclasses, math, os, platform, random, sys, tempfile, time
+import contextlib, dataclasses, math, os, platform, random, sys, tempfile, time, types, typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
@@ -156,10 +156,60 @@ def auto_preset(device: torch.device | str | None = None) -> str:
     dev = torch.device(device) if device is not None else default_device()
     return 'small' if dev.type == 'cuda' else 'nano'
 
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return ' or '.join(_type_name(a) for a in typing.get_args(tp))
+    tp = typing.get_origin(tp) or tp
+    return {int: 'an int', float: 'a number', bool: 'a bool', str: 'a string', tuple: 'a tuple',
+            type(None): 'None'}.get(tp, getattr(tp, '__name__', str(tp)))
+
+def _type_ok(v, tp) -> bool:
+    "Does `v` fit the annotation `tp`? (int: no bools or floats; float: any real number; tuple: a tuple or list)"
+    if tp is Any: return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType): return any(_type_ok(v, a) for a in typing.get_args(tp))
+    tp = typing.get_origin(tp) or tp
+    if tp is type(None): return v is None
+    if tp is bool: return isinstance(v, (bool, np.bool_))
+    if isinstance(v, (bool, np.bool_)): return False
+    if tp is int: return isinstance(v, (int, np.integer))
+    if tp is float: return isinstance(v, (int, float, np.integer, np.floating))
+    if tp is tuple: return isinstance(v, (tuple, list))
+    return not isinstance(tp, type) or isinstance(v, tp)
+
 @dataclass
 class Config:
-    "Base class of component configs: named presets, validated overrides, dict round trip."
+    """Base class of component configs: named presets, validated overrides, dict round trip.
+
+    Every field is checked against its annotation when a config is made (`steps: int` refuses 2.5
+    and '10'), numbers must be finite and non-negative (list the fields that may be negative in
+    `SIGNED`), and a subclass's own `__post_init__` then checks its ranges."""
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    SIGNED: ClassVar[tuple] = ()
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get('__post_init__')
+        if own is not None and not getattr(own, '_checks_fields', False):
+            def __post_init__(self, _own=own):
+                Config._check_fields(self)
+                _own(self)
+            __post_init__._checks_fields = True
+            cls.__post_init__ = __post_init__
+
+    def __post_init__(self): self._check_fields()
+
+    def _check_fields(self):
+        "Raise naming the field when a value does not fit its annotation, is not finite, or is negative."
+        try: hints = typing.get_type_hints(type(self))
+        except Exception: hints = {}                         # unresolvable annotations: no type check
+        name = type(self).__name__
+        for f in fields(self):
+            v, tp = getattr(self, f.name), hints.get(f.name, Any)
+            if not _type_ok(v, tp):
+                raise TypeError(f"{name}.{f.name} must be {_type_name(tp)}, got {v!r} ({type(v).__name__})")
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+                if not math.isfinite(v): raise ValueError(f"{name}.{f.name} must be a finite number, got {v!r}")
+                if v < 0 and f.name not in self.SIGNED: raise ValueError(f"{name}.{f.name} must be >= 0, got {v!r}")
 
     @classmethod
     def field_names(cls) -> list[str]: return [f.name for f in fields(cls)]

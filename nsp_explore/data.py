@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .core import check_cloud, data_samples_dir, progress
-from .shapes import CATEGORIES, MESH_EXTENSIONS, load_mesh, make_shape, sample_surface
+from .shapes import CATEGORIES, MESH_EXTENSIONS, check_file_complete, load_mesh, make_shape, sample_surface
 
 # %% auto #0
 __all__ = ['NORMALIZE_MODES', 'SPLITS', 'DEFAULT_N_PER_CATEGORY', 'POINT_EXTENSIONS', 'SYNSETS', 'SYNSET_NAMES', 'denormalize',
@@ -44,6 +44,8 @@ class Normalizer:
         if self.mode != 'global': return self
         if len(clouds) == 0: raise ValueError("Normalizer.fit: no clouds to fit the global statistics on")
         allp = np.concatenate([np.asarray(c, np.float64).reshape(-1, 3) for c in clouds])
+        if len(allp) < 2: raise ValueError(f"Normalizer.fit: the {len(clouds)} cloud(s) hold {len(allp)} point(s) in all; "
+                                           f"global statistics need at least 2")
         self.mean = torch.tensor(allp.mean(0), dtype=torch.float32).reshape(1, 3)
         self.std = torch.tensor(allp.reshape(-1).std(), dtype=torch.float32).reshape(1, 1)
         return self
@@ -273,6 +275,7 @@ def load_points(path: str | Path, min_points: int = 1) -> np.ndarray:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such point-cloud file")
     ext = path.suffix.lower()
+    check_file_complete(path)                                      # a truncated PLY is an error, not half a cloud
     try:
         if ext == '.npy': a = np.load(path, allow_pickle=False)
         elif ext == '.ply':

@@ -132,8 +132,9 @@ def train_generator(tokenizer, data, cfg: TransformerConfig | str = 'nano', trai
     if tuple(seqs.scales) != tuple(tokenizer.scales):
         raise ValueError(f"token sequences have scales {seqs.scales}, the tokenizer {tuple(tokenizer.scales)}")
     if n_classes is None: n_classes = len(seqs.categories) if seqs.categories else int(seqs.labels.max()) + 1
-    model = ScaleTransformer.for_tokenizer(cfg, tokenizer, n_classes)
     train_cfg = train_cfg or generator_train_config(auto_preset(device) if preset == 'auto' else preset)
+    torch.manual_seed(train_cfg.seed)                  # the initial weights depend on the seed only
+    model = ScaleTransformer.for_tokenizer(cfg, tokenizer, n_classes)
     loss_fn = next_scale_loss if seqs.has_teacher else partial(next_scale_loss, tokenizer=tokenizer)
     hist = fit(model, seqs.sampler(train_cfg.batch_size, train_cfg.seed), loss_fn, train_cfg, ckpt_path=ckpt_path,
                resume=resume, device=device, **fit_kw)
@@ -199,8 +200,38 @@ def _run_step(model, k, inputs, labels, cache):
     return model(feat, pos, slot, labels)[:, -model.scales[k]:]
 
 # %% ../nbs/10_generate.ipynb #3fb50e20
+def _is_int(v) -> bool:
+    "An integer (python or numpy), not a bool and not a float."
+    if isinstance(v, bool) or type(v).__name__ == 'bool_': return False
+    try: v.__index__(); return True
+    except (AttributeError, TypeError): return False
+
+def _is_num(v) -> bool:
+    "A real number (python, numpy or a 0-d tensor), not a bool or a string."
+    if isinstance(v, (bool, str, bytes)) or type(v).__name__ == 'bool_': return False
+    try: float(v); return True
+    except (TypeError, ValueError): return False
+
+def _check_sample_args(n, temperature, top_k, top_p, cfg_scale, batch_size):
+    "Refuse impossible sampling settings up front, naming the argument."
+    if n is not None and not (_is_int(n) and n >= 1): raise ValueError(f"sample: n must be a positive integer, got {n!r}")
+    if not (_is_int(batch_size) and batch_size >= 1):
+        raise ValueError(f"sample: batch_size must be a positive integer, got {batch_size!r}")
+    if not (_is_num(temperature) and math.isfinite(float(temperature)) and float(temperature) > 0):
+        raise ValueError(f"sample: temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+        raise ValueError(f"sample: top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not (_is_num(top_p) and 0 < float(top_p) <= 1):
+        raise ValueError(f"sample: top_p must be None or a number in (0, 1], got {top_p!r}")
+    if not (_is_num(cfg_scale) and math.isfinite(float(cfg_scale))):
+        raise ValueError(f"sample: cfg_scale must be a finite number, got {cfg_scale!r}")
+
 def _sample_labels(model, n, labels, device) -> torch.Tensor:
     "Labels `(B,)` for sampling: given ones, one class repeated `n` times, or the null class (unconditional)."
+    if labels is not None:
+        raw = torch.as_tensor(labels)
+        if raw.dtype == torch.bool or (raw.is_floating_point() and not torch.equal(raw, raw.round())):
+            raise ValueError(f"sample: labels must be integer class ids, got {raw.flatten()[:8].tolist()}")
     if labels is None:
         if n is None: raise ValueError("sample: give the number of shapes `n` or the `labels` to sample")
         return torch.full((int(n),), model.null_class, dtype=torch.long, device=device)
@@ -266,6 +297,7 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     every prefix (the slow reference). Returns dict with
     `points` (B, N, 3), `scale_points` list[(B, s_k, 3)] (every X̂_k), `indices` list[(B, s_k)], `labels` (B,)."""
     device = next(model.parameters()).device
+    _check_sample_args(n, temperature, top_k, top_p, cfg_scale, batch_size)
     _check_pair(model, tokenizer)
     labels = _sample_labels(model, n, labels, device)
     fixed = _check_fixed(tokenizer, fixed_indices, len(labels), device)

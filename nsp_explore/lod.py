@@ -76,24 +76,15 @@ def fps_order_naive(points, n: int | None = None, start='centroid', generator=No
     return out if batched else out[0]
 
 # %% ../nbs/04_lod.ipynb #7de61e42
-class _torch_threads:
-    "Temporarily set torch's CPU thread count (restored on exit)."
-    def __init__(self, n: int): self.n = n
-    def __enter__(self): self.old = torch.get_num_threads(); torch.set_num_threads(self.n)
-    def __exit__(self, *exc): torch.set_num_threads(self.old)
-
 CPU_CHUNK_POINTS = 2 ** 18  # the CPU torch loop works on about this many points at a time (cache-resident)
 
 def _fps_torch(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
     """FPS vectorized over the batch: `x` (B, N, 3) float, `first` (B,) -> (B, n) int64.
-    On the CPU the batch is cut into chunks of ~`CPU_CHUNK_POINTS` points that stay in cache, run
-    single-threaded: each of the n steps is a few small ops, and thread synchronisation costs more
-    than it saves (5x slower on a busy 2-core machine)."""
+    On the CPU the batch is cut into chunks of ~`CPU_CHUNK_POINTS` points that stay in cache."""
     B, N, _ = x.shape
-    if x.device.type == 'cpu' and (B * N > CPU_CHUNK_POINTS or torch.get_num_threads() > 1) and N <= CPU_CHUNK_POINTS:
+    if x.device.type == 'cpu' and B * N > CPU_CHUNK_POINTS and N <= CPU_CHUNK_POINTS:
         step = max(1, CPU_CHUNK_POINTS // N)
-        with _torch_threads(1):
-            return torch.cat([_fps_torch_loop(x[i:i + step], n, first[i:i + step]) for i in range(0, B, step)])
+        return torch.cat([_fps_torch_loop(x[i:i + step], n, first[i:i + step]) for i in range(0, B, step)])
     return _fps_torch_loop(x, n, first)
 
 def _fps_torch_loop(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
@@ -107,7 +98,7 @@ def _fps_torch_loop(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tenso
         c = xt.gather(2, cur.view(B, 1, 1).expand(B, 3, 1))           # (B, 3, 1)
         torch.minimum(dist, (xt - c).square_().sum(1), out=dist)
         dist.scatter_(1, cur, -1.0)
-        cur = dist.argmax(1, keepdim=True)
+        cur = dist.argmax(1, keepdim=True)                            # the first index among ties
     return out
 
 def _fix_repeats(idx_Bn: torch.Tensor, N: int) -> torch.Tensor:
@@ -129,11 +120,15 @@ def _fix_repeats(idx_Bn: torch.Tensor, N: int) -> torch.Tensor:
     return out
 
 def _fps_fpsample(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
-    "FPS with the Rust `fpsample` package (exact, float32), one cloud at a time (CPU)."
+    """FPS with the Rust `fpsample` package (exact, float32), one cloud at a time (CPU). fpsample
+    takes the highest index among equally far points; it gets each cloud in reverse order, so its
+    choice is the lowest original index, like every other backend."""
     import fpsample
-    pts = to_numpy(x).astype(np.float32)
-    out = np.stack([fpsample.fps_sampling(p, n, start_idx=int(s)).astype(np.int64) for p, s in zip(pts, to_numpy(first))])
-    return _fix_repeats(torch.from_numpy(out), x.shape[1]).to(x.device)
+    N = x.shape[1]
+    pts = to_numpy(x).astype(np.float32)[:, ::-1].copy()               # point i is at N-1-i
+    out = np.stack([N - 1 - fpsample.fps_sampling(p, n, start_idx=N - 1 - int(s)).astype(np.int64)
+                    for p, s in zip(pts, to_numpy(first))])
+    return _fix_repeats(torch.from_numpy(out), N).to(x.device)
 
 def _fps_torch_cluster(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
     """FPS with `torch_cluster.fps` (optional extra). torch_cluster starts each cloud at its
@@ -195,7 +190,8 @@ def _fps_triton(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
     out = torch.empty(B, n, dtype=torch.long, device=x.device)
     block = max(16, 1 << (N - 1).bit_length())
     warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
-    kernel[(B,)](xc, first.to(torch.int64).contiguous(), out, N, n, BLOCK=block, num_warps=warps)
+    opts = dict(enable_fp_fusion=False) if x.device.type == 'cuda' else {}   # round like torch: no fused multiply-add
+    kernel[(B,)](xc, first.to(torch.int64).contiguous(), out, N, n, BLOCK=block, num_warps=warps, **opts)
     return out
 
 # %% ../nbs/04_lod.ipynb #aa3b113f
@@ -217,7 +213,7 @@ def fps_backends(device='cpu') -> list[str]:
     "The FPS backends usable on `device` here, in the order `backend='auto'` prefers them."
     dev = torch.device(device)
     interp = os.environ.get('TRITON_INTERPRET') == '1'
-    prefs = ['triton', 'torch_cluster', 'torch'] if dev.type == 'cuda' else ['fpsample', 'torch_cluster', 'torch']
+    prefs = ['triton', 'torch', 'torch_cluster'] if dev.type == 'cuda' else ['fpsample', 'torch', 'torch_cluster']
     if dev.type == 'cpu' and interp: prefs.append('triton')           # the interpreter runs on CPU tensors (tests)
     return [b for b in prefs if b not in _FPS_MODULES or _importable(_FPS_MODULES[b])]
 
@@ -229,11 +225,8 @@ def fps_order(points, n: int | None = None, start='centroid', backend: str = 'au
 
     `start`: `'centroid'` (default; farthest point from the centroid, so the order depends on the
     point set, not on its storage order), `'random'` (from `generator`), an int or a `(B,)` tensor.
-    `backend`: `'auto'`, `'fpsample'`, `'torch'`, `'triton'`, `'torch_cluster'` or `'naive'`."""
-    if (isinstance(points, torch.Tensor) and points.device.type == 'cpu' and points.numel() <= 3 * 2 ** 18
-            and torch.get_num_threads() > 1):
-        with _torch_threads(1):                                # small CPU work: threads only add sync cost
-            return fps_order(points, n, start, backend, generator)
+    `backend`: `'auto'`, `'fpsample'`, `'torch'`, `'triton'`, `'torch_cluster'` or `'naive'`. Every backend
+    breaks ties alike (the lowest index among the farthest), so the result does not depend on the batch."""
     x, batched = _as_batch(points)
     B, N, _ = x.shape
     n = _check_n(n, N)
@@ -425,6 +418,26 @@ class LoDTree:
         self.scales = check_scales(self.scales)
         if self.index.ndim != 2 or self.index.shape[1] != self.scales[-1]:
             raise ValueError(f"LoDTree index must be (B, {self.scales[-1]}), got {tuple(self.index.shape)}")
+        self._checked_n = None                               # the N that `gather` last validated the index for
+
+    def check(self, n_points: int | None = None) -> 'LoDTree':
+        """Raise `ValueError` naming the LoD index if it is not integer, has an index outside
+        [0, n_points), or repeats a point within a cloud (so it is no LoD of distinct points)."""
+        idx = self.index
+        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+            raise ValueError(f"LoD index must hold integers, got {idx.dtype}")
+        if idx.numel():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or (n_points is not None and hi >= n_points):
+                raise ValueError(f"LoD index has values in [{lo}, {hi}], outside [0, {n_points if n_points is not None else 'N'}) "
+                                 f"for clouds of {n_points} points")
+            srt = idx.sort(1).values
+            rep_ = (srt[:, 1:] == srt[:, :-1]).any(1)
+            if rep_.any():
+                b = int(rep_.nonzero()[0])
+                raise ValueError(f"LoD index of cloud {b} repeats a point, so it is not a permutation of distinct points "
+                                 f"(an LoD tree holds every point once)")
+        return self
 
     @property
     def ratios(self) -> tuple[int, ...]: return tuple(b // a for a, b in zip(self.scales, self.scales[1:]))
@@ -450,6 +463,8 @@ class LoDTree:
         idx = self.scale_index(self._k(k))
         if x_BNC.ndim != 3 or x_BNC.shape[0] != self.B:
             raise ValueError(f"gather needs (B={self.B}, N, C), got {tuple(x_BNC.shape)}")
+        if self._checked_n != x_BNC.shape[1]:
+            self.check(x_BNC.shape[1]); self._checked_n = x_BNC.shape[1]
         return x_BNC.gather(1, idx.to(x_BNC.device)[..., None].expand(-1, -1, x_BNC.shape[-1]))
 
     def parent_slots(self, k: int) -> torch.Tensor:
@@ -471,8 +486,11 @@ class LoDTree:
     @classmethod
     def from_index(cls, index_BS, scales) -> 'LoDTree':
         "Rebuild a tree from stored tree-order indices `(B, s_K)` or `(s_K,)` (e.g. a dataset's `lod_index`)."
-        index = torch.as_tensor(index_BS).long()
-        return cls(tuple(scales), index[None] if index.ndim == 1 else index, None)
+        index = torch.as_tensor(index_BS)
+        if index.dtype.is_floating_point or index.dtype == torch.bool:
+            raise ValueError(f"LoD index must hold integers, got {index.dtype}")
+        index = index.long()
+        return cls(tuple(scales), index[None] if index.ndim == 1 else index, None)   # values: checked by `gather`
 
 # %% ../nbs/04_lod.ipynb #8b8f3b28
 ASSIGNERS = dict(greedy=assign_greedy, optimal=assign_optimal)
@@ -483,10 +501,8 @@ def build_lod(points, scales, start='centroid', backend: str = 'auto', generator
     `scales`: s_1 < ... < s_K <= N with integer ratios. FPS by `backend` from `start` (see
     `fps_order`), then capacity-constrained parent assignment in batches of `chunk` clouds:
     `assign='greedy'` (batched torch, near optimal, same result on CPU and GPU) or `'optimal'`
-    (exact Hungarian, one cloud at a time on the CPU). On the CPU it runs single-threaded: the
-    work is many small ops, and on a busy 2-core machine threads made it up to 5x slower."""
-    if isinstance(points, torch.Tensor) and points.device.type == 'cpu' and torch.get_num_threads() > 1:
-        with _torch_threads(1): return build_lod(points, scales, start, backend, generator, assign, chunk)
+    (exact Hungarian, one cloud at a time on the CPU). The work is many small ops: on a CPU shared
+    with other busy processes, `torch.set_num_threads(1)` makes it several times faster (see above)."""
     x, _ = _as_batch(points)
     scales = check_scales(scales, x.shape[1])
     if assign not in ASSIGNERS: raise ValueError(f"assign must be one of {sorted(ASSIGNERS)}, got {assign!r}")
@@ -530,13 +546,26 @@ def capacity_cost(points, lod: LoDTree) -> list[dict]:
     return rows
 
 # %% ../nbs/04_lod.ipynb #231738a8
+_LOD_CACHE_VERSION = 2   # bump when the trees of the same input change (FPS tie rule, assignment)
+
+def _fingerprint(clouds) -> str:
+    "A hash of the exact float32 values and shapes of a list of clouds (the content an LoD cache depends on)."
+    import hashlib
+    h = hashlib.sha1()
+    for c in clouds:
+        a = np.ascontiguousarray(to_numpy(c), dtype=np.float32)
+        h.update(str(a.shape).encode()); h.update(a.tobytes())
+    return h.hexdigest()
+
 class LoDDataset(torch.utils.data.Dataset):
     """Wrap `dataset` (items: dicts with `points` (N, 3)) and add `lod_index` (s_K,) int64, the
     tree-order indices of a cached LoD tree. `n_trajectories` trees per shape (the first from
     `start`, the rest from random starts drawn with `seed`); `pick`: `'random'` (per access,
     torch's RNG) or an int (always that trajectory). `cache_path`: a file the indices are saved to
-    and loaded from (rebuilt when it does not match). `assign`, `backend`, `batch_size`: passed to
-    `build_lod` while building."""
+    and loaded from; it is used only when everything that shapes the trees matches: a fingerprint
+    of every point of every item (so the data seed, categories, counts, normalization and N are all
+    covered), the scales, `start`, `seed`, `n_trajectories` and `assign`; otherwise it is rebuilt.
+    `assign`, `backend`, `batch_size`: passed to `build_lod` while building."""
     def __init__(self, dataset, scales, n_trajectories: int = 1, start='centroid', seed: int = 0,
                  cache_path: str | os.PathLike | None = None, pick='random', assign: str = 'greedy',
                  backend: str = 'auto', batch_size: int = 64, device=None, verbose: bool = True):
@@ -548,8 +577,9 @@ class LoDDataset(torch.utils.data.Dataset):
             raise ValueError(f"pick must be 'random' or a trajectory in [0, {n_trajectories}), got {pick!r}")
         self.dataset, self.scales, self.pick = dataset, check_scales(scales), pick
         self.n_trajectories, self.start, self.seed = int(n_trajectories), start, int(seed)
-        meta = dict(scales=self.scales, n=len(dataset), T=self.n_trajectories, start=str(start), seed=self.seed,
-                    names=[str(n) for n in getattr(dataset, 'names', [])])
+        if assign not in ASSIGNERS: raise ValueError(f"assign must be one of {sorted(ASSIGNERS)}, got {assign!r}")
+        meta = dict(version=_LOD_CACHE_VERSION, scales=self.scales, n=len(dataset), T=self.n_trajectories, start=str(start),
+                    seed=self.seed, assign=assign, points=_fingerprint(dataset[i]['points'] for i in range(len(dataset))))
         self.index = self._load(cache_path, meta)
         if self.index is None:
             self.index = self._build(assign, backend, batch_size, device, verbose)       # (M, T, s_K)

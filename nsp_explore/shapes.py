@@ -15,7 +15,7 @@ from .core import check_cloud
 # %% auto #0
 __all__ = ['PARAM_SPACES', 'CATEGORIES', 'MESH_EXTENSIONS', 'sample_params', 'make_shape', 'mesh_parts', 'winding_number_naive',
            'winding_number', 'inside_mesh', 'sample_surface', 'mesh_trace', 'mesh_and_points_fig', 'sample_occupancy',
-           'occupancy_slice', 'check_mesh', 'load_mesh']
+           'occupancy_slice', 'check_mesh', 'check_file_complete', 'load_mesh']
 
 # %% ../nbs/02_shapes.ipynb #24016c6d
 def _rot_to(v) -> np.ndarray:
@@ -668,10 +668,83 @@ def check_mesh(mesh: trimesh.Trimesh, name: str = 'mesh') -> trimesh.Trimesh:
         raise ValueError(f"{name}: degenerate mesh (total surface area {mesh.area})")
     return mesh
 
+_PLY_SIZES = dict(char=1, uchar=1, int8=1, uint8=1, short=2, ushort=2, int16=2, uint16=2, int=4, uint=4,
+                  int32=4, uint32=4, float=4, float32=4, double=8, float64=8)
+
+def _ply_header(data: bytes, path) -> tuple[str, list, int]:
+    "(format, [(element, count, [(type, list_count_type or None)])], header bytes) of a PLY file."
+    end = data.find(b'end_header')
+    if not data.startswith(b'ply') or end < 0: raise ValueError(f"{path}: PLY file without a complete header")
+    nl = data.find(b'\n', end)
+    head, fmt, elems = data[:end].decode('ascii', 'replace').splitlines(), None, []
+    for line in head:
+        t = line.split()
+        if not t: continue
+        if t[0] == 'format': fmt = t[1]
+        elif t[0] == 'element': elems.append((t[1], int(t[2]), []))
+        elif t[0] == 'property' and elems:
+            elems[-1][2].append((t[-2], t[2]) if t[1] == 'list' else (t[1], None))
+    return fmt, elems, (nl + 1 if nl >= 0 else len(data))
+
+def _check_ply(path: Path):
+    data = path.read_bytes()
+    fmt, elems, body = _ply_header(data, path)
+    want = sum(n for _, n, _ in elems)
+    if fmt == 'ascii':
+        lines = data[body:].split(b'\n')
+        while lines and not lines[-1].strip(): lines.pop()
+        if len(lines) < want:
+            raise ValueError(f"{path}: truncated PLY: its header declares {', '.join(f'{n} {e}' for e, n, _ in elems)} "
+                             f"({want} lines of data), the file holds {len(lines)}")
+        last = [e for e in elems if e[1]][-1] if want else None
+        if last is not None:
+            t, pos = lines[want - 1].split(), 0
+            try:
+                for _, count_type in last[2]:                 # walk the properties: a list holds its length first
+                    pos += 1 + (int(float(t[pos])) if count_type is not None else 0)
+                ok = pos <= len(t)
+            except (IndexError, ValueError): ok = False
+            if not ok: raise ValueError(f"{path}: truncated PLY: its last {last[0]} line is incomplete ({lines[want - 1][:60]!r})")
+    else:                           # binary: the smallest size the header allows (lists may be longer)
+        size = body + sum(n * sum(_PLY_SIZES.get(c or t, 4) for t, c in props) for _, n, props in elems)
+        if len(data) < size:
+            raise ValueError(f"{path}: truncated PLY: its header needs at least {size} bytes, the file has {len(data)}")
+
+def _check_obj(path: Path):
+    import re
+    text = path.read_text(errors='replace')
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    nv = sum(l.startswith('v ') for l in lines); nf = sum(l.startswith('f ') for l in lines)
+    for pat, have, what in ((r'#\s*(?:vertices\s*:?\s*(\d+)|(\d+)\s+vertices)', nv, 'vertices'),
+                            (r'#\s*(?:faces\s*:?\s*(\d+)|(\d+)\s+faces)', nf, 'faces')):
+        m = re.search(pat, text, re.IGNORECASE)
+        if m and int(m.group(1) or m.group(2)) != have:
+            raise ValueError(f"{path}: truncated OBJ: its header comment declares {int(m.group(1) or m.group(2))} {what}, "
+                             f"the file holds {have}")
+    if lines:
+        t = lines[-1].split()
+        bad = (t[0] == 'v' and len(t) < 4) or (t[0] == 'f' and len(t) < 4)
+        try:
+            if t[0] == 'v': [float(v) for v in t[1:4]]
+            if t[0] == 'f': [int(v.split('/')[0]) for v in t[1:]]
+        except ValueError: bad = True
+        if bad: raise ValueError(f"{path}: truncated OBJ: its last line is incomplete ({lines[-1][:60]!r})")
+
+def check_file_complete(path: str | Path):
+    """Raise `ValueError` naming `path` when a PLY or OBJ file's content disagrees with its own header
+    (element counts, bytes) or ends in a cut line: the signs of a truncated file, which trimesh would
+    otherwise load partially. OBJ files declare no counts, so only a count comment (`# 8 vertices`,
+    `# Faces: 12`) or a cut last line can give them away. Other formats pass unchecked."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == '.ply': _check_ply(path)
+    elif ext == '.obj': _check_obj(path)
+
 def load_mesh(path: str | Path) -> trimesh.Trimesh:
     "Read a mesh file (scenes flattened into one mesh); clear errors naming the file on bad input."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such mesh file")
+    check_file_complete(path)
     try:
         m = trimesh.load(path, force='mesh', process=False)
     except Exception as e:

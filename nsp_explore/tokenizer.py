@@ -279,6 +279,8 @@ class PointNSPTokenizer(nn.Module):
         x_tree = lod.gather(x)                                          # (B, N, 3) tree order
         targets = [lod.gather(x, k) for k in range(self.K)]             # X_k (B, s_k, 3)
         f = self.encoder(x_tree, targets[-1])                           # (B, S, C)
+        if not torch.isfinite(f).all():                                 # x was checked finite: the model diverged
+            raise FloatingPointError("PointNSPTokenizer: the encoder features are NaN/inf although the input x is finite (the weights diverged)")
         return f, lod, x_tree, targets
 
     def _decode_positions(self, cumulative: list) -> list:
@@ -295,6 +297,8 @@ class PointNSPTokenizer(nn.Module):
         q = self.quantizer(f)
         positions = self._decode_positions(q.cumulative)                # X̂_k (B, s_k, 3)
         x_hat = self.expand(q.f_hat, positions[-1])                     # (B, N, 3)
+        if not torch.isfinite(x_hat).all():                             # not the user's x: the model made the NaN
+            raise FloatingPointError("PointNSPTokenizer: the decoded cloud x_hat is NaN/inf although the input x is finite (the weights diverged)")
         cd = chamfer_distance(x_hat, x_tree).mean()
         node_k = [((p - t) ** 2).sum(-1).mean() for p, t in zip(positions, targets)]
         losses = dict(cd=cd, node=torch.stack(node_k).mean(),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_tour.ipynb #19586930
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, hashlib, json, os, signal, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -14,10 +14,11 @@ import torch
 from .core import Config, Timer, auto_preset, default_device, seed_everything, versions, atomic_write_text
 from .viz import Report, cloud_grid, pyvista_status, render_png, RenderUnavailable
 from .shapes import CATEGORIES, make_shape, mesh_and_points_fig
-from .data import SyntheticShapes, collate
+from .data import DEFAULT_N_PER_CATEGORY, SyntheticShapes, collate
 from .lod import build_lod, lod_slider, tree_fig, compare_downsampling_fig, capacity_cost, LoDDataset
 from .metrics import compute_all_metrics
 from .tokenizer import TokenizerConfig
+from .transformer import TransformerConfig
 from .train_tokenizer import (tokenizer_datasets, tokenizer_train_config, train_tokenizer, evaluate_tokenizer,
                                          codebook_usage, reconstruction_slider, token_map_fig, usage_fig)
 from .generate import (cache_tokens, generator_train_config, train_generator, sample, sampling_slider,
@@ -25,7 +26,7 @@ from .generate import (cache_tokens, generator_train_config, train_generator, sa
 import nsp_explore.generate as gen
 
 # %% auto #0
-__all__ = ['TourConfig', 'run_tour', 'main']
+__all__ = ['TourConfig', 'run_keys', 'run_paths', 'check_output_paths', 'run_tour', 'main']
 
 # %% ../nbs/11_tour.ipynb #b205d44d
 @dataclass
@@ -51,11 +52,64 @@ class TourConfig(Config):
         medium=dict(model='medium', n_test=64, emd='auction'),
     )
 
+    def __post_init__(self):
+        if self.model not in TokenizerConfig.PRESETS or self.model not in TransformerConfig.PRESETS:
+            raise ValueError(f"TourConfig.model must be one of {sorted(TokenizerConfig.PRESETS)}, got {self.model!r}")
+        if self.categories is not None:
+            if isinstance(self.categories, str) or not self.categories:
+                raise ValueError(f"TourConfig.categories must be None or a non-empty tuple of names, got {self.categories!r}")
+            bad = [c for c in self.categories if c not in CATEGORIES]
+            if bad: raise ValueError(f"TourConfig.categories: unknown {bad}; choose from {list(CATEGORIES)}")
+            self.categories = tuple(self.categories)
+        for name in ('n_train', 'n_val', 'n_test', 'tokenizer_steps', 'generator_steps'):
+            v = getattr(self, name)
+            if v is not None and v < 1: raise ValueError(f"TourConfig.{name} must be >= 1, got {v}")
+        if self.emd not in ('exact', 'auction'): raise ValueError(f"TourConfig.emd must be 'exact' or 'auction', got {self.emd!r}")
+        if not self.temperature > 0: raise ValueError(f"TourConfig.temperature must be > 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"TourConfig.top_p must be None or in (0, 1], got {self.top_p}")
+
+# %% ../nbs/11_tour.ipynb #819c0673
+def _tok_train_cfg(cfg: TourConfig):
+    return tokenizer_train_config(cfg.model, seed=cfg.seed, **({} if cfg.tokenizer_steps is None else dict(steps=cfg.tokenizer_steps)))
+
+def _gen_train_cfg(cfg: TourConfig):
+    return generator_train_config(cfg.model, seed=cfg.seed, **({} if cfg.generator_steps is None else dict(steps=cfg.generator_steps)))
+
+def run_keys(cfg: TourConfig) -> dict:
+    "Everything the tour's trained tokenizer and generator depend on, as plain dicts `{'tokenizer': ..., 'generator': ...}`."
+    from nsp_explore import __version__
+    tok_cfg = TokenizerConfig.preset(cfg.model)
+    data = dict(categories=list(CATEGORIES if cfg.categories is None else cfg.categories), seed=cfg.seed,
+                n_train=DEFAULT_N_PER_CATEGORY['train'] if cfg.n_train is None else cfg.n_train,
+                n_val=DEFAULT_N_PER_CATEGORY['val'] if cfg.n_val is None else cfg.n_val, n_points=tok_cfg.n_points)
+    tok = dict(nsp_explore=__version__, data=data, tokenizer=tok_cfg.to_dict(), train=_tok_train_cfg(cfg).to_dict())
+    return dict(tokenizer=tok, generator=dict(tokenizer=tok, transformer=TransformerConfig.preset(cfg.model).to_dict(),
+                                              train=_gen_train_cfg(cfg).to_dict()))
+
+def _digest(d: dict) -> str: return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+def run_paths(cfg: TourConfig, workdir: str | os.PathLike = 'runs/tour') -> dict:
+    "The run folder and checkpoint files of `cfg` under `workdir`: `dict(dir, tokenizer, generator, keys)`."
+    keys = run_keys(cfg)
+    run = Path(workdir) / f'{cfg.model}_seed{cfg.seed}_{_digest(keys["tokenizer"])}'
+    return dict(dir=run, tokenizer=run / 'tokenizer.pt', generator=run / f'generator_{_digest(keys["generator"])}.pt', keys=keys)
+
+def _claim_run_dir(paths: dict):
+    "Create the run folder and record its keys; refuse a folder whose recorded tokenizer key differs."
+    f = paths['dir'] / 'run.json'
+    paths['dir'].mkdir(parents=True, exist_ok=True)
+    rec = json.loads(f.read_text()) if f.is_file() else dict(tokenizer=paths['keys']['tokenizer'], generators={})
+    if _digest(rec['tokenizer']) != _digest(paths['keys']['tokenizer']):
+        raise RuntimeError(f"{paths['dir']} holds checkpoints of another configuration (see its run.json); use another workdir")
+    rec['generators'][paths['generator'].name] = paths['keys']['generator']
+    atomic_write_text(json.dumps(rec, indent=1, sort_keys=True, default=str), f)
+
 # %% ../nbs/11_tour.ipynb #b395dca3
 def _log(msg: str):
     print(f'[tour {time.strftime("%H:%M:%S")}] {msg}', flush=True)
 
-def _stage_data(cfg: TourConfig, rep: Report, tok_cfg: TokenizerConfig, workdir: Path):
+def _stage_data(cfg: TourConfig, rep: Report, tok_cfg: TokenizerConfig):
     "Synthetic train/val (with cached LoD trees) and test splits; a gallery and a mesh view."
     train, val = tokenizer_datasets(tok_cfg, cfg.n_train, cfg.n_val, categories=cfg.categories, seed=cfg.seed)
     test = SyntheticShapes('test', cfg.categories, cfg.n_test, n_points=tok_cfg.n_points, seed=cfg.seed,
@@ -92,19 +146,26 @@ def _stage_lod(cfg: TourConfig, rep: Report, train, tok_cfg: TokenizerConfig):
 
 def _n_params(m) -> int: return sum(p.numel() for p in m.parameters())
 
-def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, workdir: Path):
+def _steps_text(steps: int, batch: int, start: int, seconds: float, device) -> str:
+    "How much training a model got: in total, and in this run when it resumed a checkpoint."
+    if start >= steps: return f'Trained {steps} steps in total (batch {batch}) in an earlier run; loaded from its checkpoint.'
+    if start: return (f'Trained {steps} steps in total (batch {batch}): {start} in an earlier run, whose checkpoint this run '
+                      f'resumed, and {steps - start} in {seconds:.0f} s on {device}.')
+    return f'Trained {steps} steps (batch {batch}) in {seconds:.0f} s on {device}.'
+
+def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, paths: dict):
     "Train (or resume) the tokenizer; per-scale reconstruction scores, views, codebook usage."
-    over = {} if cfg.tokenizer_steps is None else dict(steps=cfg.tokenizer_steps)
-    tcfg = tokenizer_train_config(cfg.model, seed=cfg.seed, **over)
+    tcfg = _tok_train_cfg(cfg)
     with Timer() as t:
         tok, hist = train_tokenizer(tok_cfg, tcfg, dataset=train, val_dataset=val, device=device,
-                                    ckpt_path=workdir / 'tokenizer.pt')
+                                    ckpt_path=paths['tokenizer'])
     rows = evaluate_tokenizer(tok, val, device=device)
     use = codebook_usage(tok, train, device=device)
     rep.heading('3. The tokenizer: multi-scale residual quantization')
     rep.text(f'PointNSP tokenizer `{cfg.model}`: {_n_params(tok) / 1e6:.2f} M parameters, token scales {tok_cfg.scales}, '
-             f'codebook of {tok_cfg.codebook_size} codes shared by every scale. Trained {tcfg.steps} steps '
-             f'(batch {tcfg.batch_size}) in {t.elapsed:.0f} s on {device}. Each scale\'s tokens encode what the coarser '
+             f'codebook of {tok_cfg.codebook_size} codes shared by every scale. '
+             + _steps_text(tcfg.steps, tcfg.batch_size, hist.start_step, t.elapsed, device) +
+             ' Each scale\'s tokens encode what the coarser '
              'scales missed; the structure decoder turns the cumulative features into the points of each scale.')
     rep.figure(hist.plot(), caption='tokenizer training curves')
     rep.table(rows, caption='reconstruction of validation shapes per scale: Chamfer distance (PointFlow convention, '
@@ -114,25 +175,27 @@ def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, 
                caption='true scale (left) and decoded scale (right) of a validation shape')
     rep.figure(token_map_fig(tok, v0['points'], lod=v0['lod_index']), caption='token maps: each scale coloured by token id')
     rep.figure(usage_fig(use, tok_cfg.scales), caption='fraction of the codebook used at each scale over the training set')
-    return tok, dict(seconds=t.elapsed, steps=tcfg.steps, params=_n_params(tok), usage=use['overall'],
-                     cd_final=rows[-1]['cd'])
+    return tok, dict(seconds=t.elapsed, steps=tcfg.steps, steps_this_run=tcfg.steps - min(hist.start_step, tcfg.steps),
+                     resumed_from=hist.start_step, checkpoint=str(paths['tokenizer']), params=_n_params(tok),
+                     usage=use['overall'], cd_final=rows[-1]['cd'])
 
-def _stage_generator(cfg: TourConfig, rep: Report, tok, train, device, workdir: Path):
+def _stage_generator(cfg: TourConfig, rep: Report, tok, train, device, paths: dict):
     "Cache token maps, train (or resume) the next-scale transformer."
     with Timer() as t_cache:
         seqs = cache_tokens(tok, train, device=device)
-    over = {} if cfg.generator_steps is None else dict(steps=cfg.generator_steps)
-    gcfg = generator_train_config(cfg.model, seed=cfg.seed, **over)
+    gcfg = _gen_train_cfg(cfg)
     with Timer() as t:
-        model, hist = train_generator(tok, seqs, cfg.model, gcfg, device=device, ckpt_path=workdir / 'generator.pt')
+        model, hist = train_generator(tok, seqs, cfg.model, gcfg, device=device, ckpt_path=paths['generator'])
     rep.heading('4. The next-scale transformer')
     rep.text(f'A block-causal transformer `{cfg.model}` ({_n_params(model) / 1e6:.2f} M parameters) predicts all tokens '
              'of a scale at once, attending within the scale and to every coarser scale. Its inputs are the '
              'tokenizer\'s cumulative features at the parents, a scale embedding, Fourier features of the decoded '
-             f'parent positions and a sibling-slot embedding. Token maps cached in {t_cache.elapsed:.1f} s; trained '
-             f'{gcfg.steps} steps (batch {gcfg.batch_size}) in {t.elapsed:.0f} s on {device}.')
+             f'parent positions and a sibling-slot embedding. Token maps cached in {t_cache.elapsed:.1f} s. '
+             + _steps_text(gcfg.steps, gcfg.batch_size, hist.start_step, t.elapsed, device))
     rep.figure(hist.plot(), caption='transformer training curves: cross-entropy per scale (averaged within, then across scales)')
-    return model, dict(seconds=t.elapsed + t_cache.elapsed, steps=gcfg.steps, params=_n_params(model))
+    return model, dict(seconds=t.elapsed + t_cache.elapsed, steps=gcfg.steps,
+                       steps_this_run=gcfg.steps - min(hist.start_step, gcfg.steps), resumed_from=hist.start_step,
+                       checkpoint=str(paths['generator']), params=_n_params(model))
 
 def _stage_sampling(cfg: TourConfig, rep: Report, model, tok, test, cats, device):
     "Coarse-to-fine samples (one per test shape, same classes), gallery, token maps, completion."
@@ -180,14 +243,36 @@ def _stage_scores(cfg: TourConfig, rep: Report, out, tok, test, val, device):
     rep.table(rows, floatfmt='{:.3f}')
     return rows, dict(seconds=time.perf_counter() - t0)
 
+# %% ../nbs/11_tour.ipynb #833a09c4
+def _check_dir_target(path: Path, what: str):
+    "Raise ValueError if folder `path` cannot be created or written (an existing file in the way, no permission)."
+    p = path
+    while not p.exists():
+        if p.parent == p: break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(p)!r} is a file, not a folder")
+    if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r} cannot be written: no write permission in {str(p)!r}")
+
+def check_output_paths(out, workdir):
+    "Refuse an `out` report path or a `workdir` that cannot be written, naming it (before any work starts)."
+    out, workdir = Path(out), Path(workdir)
+    if out.is_dir(): raise ValueError(f"--out {str(out)!r} is a folder; give the report's file name, e.g. {str(out / 'tour.html')!r}")
+    _check_dir_target(out.parent, '--out folder')
+    _check_dir_target(workdir, '--workdir')
+
 # %% ../nbs/11_tour.ipynb #12d03f07
 def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/tour.html',
              workdir: str | os.PathLike = 'runs/tour', device=None) -> Path:
-    "Run the whole story and write the self-contained HTML report to `out`; returns its path."
+    """Run the whole story and write the self-contained HTML report to `out`; returns its path.
+    Checkpoints go to `run_paths(cfg, workdir)`: a rerun with the same settings resumes from them."""
     device = default_device(None if device is None else str(device))
     if isinstance(cfg, str): cfg = TourConfig.preset(auto_preset(device) if cfg == 'auto' else cfg)
-    out, workdir = Path(out), Path(workdir) / f'{cfg.model}_seed{cfg.seed}'
-    workdir.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    check_output_paths(out, workdir)
+    paths = run_paths(cfg, workdir)
+    _claim_run_dir(paths)
     seed_everything(cfg.seed)
     tok_cfg = TokenizerConfig.preset(cfg.model)
     rep = Report('nsp_explore tour: next-scale point-cloud generation')
@@ -202,10 +287,10 @@ def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/t
         times[name] = t.elapsed; _log(f'{name} done in {t.elapsed:.1f} s')
         return res
     with Timer() as total:
-        train, val, test, cats = stage('data', _stage_data, cfg, rep, tok_cfg, workdir)
+        train, val, test, cats = stage('data', _stage_data, cfg, rep, tok_cfg)
         stage('lod', _stage_lod, cfg, rep, train, tok_cfg)
-        tok, info['tokenizer'] = stage('tokenizer', _stage_tokenizer, cfg, rep, tok_cfg, train, val, device, workdir)
-        model, info['generator'] = stage('transformer', _stage_generator, cfg, rep, tok, train, device, workdir)
+        tok, info['tokenizer'] = stage('tokenizer', _stage_tokenizer, cfg, rep, tok_cfg, train, val, device, paths)
+        model, info['generator'] = stage('transformer', _stage_generator, cfg, rep, tok, train, device, paths)
         samples, info['sampling'] = stage('sampling', _stage_sampling, cfg, rep, model, tok, test, cats, device)
         scores, info['scoring'] = stage('scores', _stage_scores, cfg, rep, samples, tok, test, val, device)
     ok, why = pyvista_status()
@@ -217,7 +302,8 @@ def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/t
     rep.heading('Run summary')
     rep.table([dict(stage=k, seconds=v) for k, v in times.items()] + [dict(stage='total', seconds=total.elapsed)],
               floatfmt='{:.1f}')
-    rep.table([dict(setting=k, value=v) for k, v in {**cfg.to_dict(), 'device': str(device), **versions()}.items()])
+    rep.table([dict(setting=k, value=v) for k, v in {**cfg.to_dict(), 'device': str(device), 'checkpoints': str(paths['dir']),
+                                                     **versions()}.items()])
     if not ok: rep.text(f'(no pyvista render: {why})')
     path = rep.save(out)
     summary = dict(config=cfg.to_dict(), device=str(device), seconds=times, total_seconds=total.elapsed,
@@ -227,10 +313,29 @@ def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/t
     return path
 
 # %% ../nbs/11_tour.ipynb #4339ad89
+class _Parser(argparse.ArgumentParser):
+    "Usage errors in one line (`nsp-tour: error: ...`) and exit status 2."
+    def error(self, message): self.exit(2, f'{self.prog}: error: {message.splitlines()[0] if message else message}\n')
+
+def _cli_device(name):
+    "The `--device` argument as a usable torch.device, or ValueError saying why not."
+    try: dev = default_device(name)
+    except RuntimeError as e: raise ValueError(f"--device {name!r}: {str(e).splitlines()[0]}") from None
+    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    mps = getattr(torch.backends, 'mps', None)
+    if dev.type == 'mps' and not (mps is not None and mps.is_available()): raise ValueError(f"--device {name!r}: MPS is not available here")
+    if dev.type not in ('cpu', 'cuda', 'mps'): raise ValueError(f"--device {name!r}: use cpu, cuda, cuda:N or mps")
+    return dev
+
+def _raise_interrupt(sig, frame): raise KeyboardInterrupt(signal.Signals(sig).name)
+
 def main(argv=None) -> int:
-    "Command line entry point: `nsp-tour [--preset auto|quick|nano|small|medium] [--out PATH] ...`."
-    ap = argparse.ArgumentParser(prog='nsp-tour', description='Train, sample and score next-scale point-cloud '
-                                 'generation end to end and write a self-contained HTML report.')
+    """Command line entry point: `nsp-tour [--preset auto|quick|nano|small|medium] [--out PATH] ...`.
+    Every argument is checked before any work (a bad one exits with status 2 and one line); Ctrl-C or
+    SIGTERM stop at a training step boundary with a checkpoint and one line (status 130 / 143)."""
+    ap = _Parser(prog='nsp-tour', description='Train, sample and score next-scale point-cloud '
+                 'generation end to end and write a self-contained HTML report.')
     ap.add_argument('--preset', default='auto', help="auto (small on a GPU, nano on CPU), quick, nano, small, medium")
     ap.add_argument('--out', default='reports/tour.html', help='the HTML report to write (a .json summary goes beside it)')
     ap.add_argument('--workdir', default='runs/tour', help='checkpoints; a rerun with the same settings resumes from them')
@@ -239,12 +344,25 @@ def main(argv=None) -> int:
     ap.add_argument('--tokenizer-steps', type=int, default=None)
     ap.add_argument('--generator-steps', type=int, default=None)
     a = ap.parse_args(argv)
-    device = default_device(a.device)
-    name = auto_preset(device) if a.preset == 'auto' else a.preset
-    try: cfg = TourConfig.preset(name, seed=a.seed)
-    except KeyError as e: ap.error(str(e))
-    if a.tokenizer_steps is not None: cfg = cfg.override(tokenizer_steps=a.tokenizer_steps)
-    if a.generator_steps is not None: cfg = cfg.override(generator_steps=a.generator_steps)
-    path = run_tour(cfg, out=a.out, workdir=a.workdir, device=device)
+    try:
+        device = _cli_device(a.device)
+        name = auto_preset(device) if a.preset == 'auto' else a.preset
+        over = {k: v for k, v in dict(tokenizer_steps=a.tokenizer_steps, generator_steps=a.generator_steps).items() if v is not None}
+        cfg = TourConfig.preset(name, seed=a.seed, **over)
+        check_output_paths(a.out, a.workdir)
+    except (KeyError, TypeError, ValueError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        for f in ('seed', 'tokenizer_steps', 'generator_steps'): msg = msg.replace(f'TourConfig.{f}', '--' + f.replace('_', '-'))
+        ap.error(msg)
+    old = signal.signal(signal.SIGTERM, _raise_interrupt) if hasattr(signal, 'SIGTERM') else None
+    try: path = run_tour(cfg, out=a.out, workdir=a.workdir, device=device)
+    except KeyboardInterrupt as e:
+        sig = getattr(e, 'signal', None) or (str(e) if str(e) in ('SIGTERM', 'SIGINT') else 'SIGINT')
+        if getattr(e, 'step', None) is not None: what = str(e).replace('; run again to resume', '')   # from fit
+        else: what = f"interrupted ({sig}) outside training; the checkpoints are kept"
+        print(f'nsp-tour: {what}; rerun the same command to resume', file=sys.stderr, flush=True)
+        return 128 + (15 if sig == 'SIGTERM' else 2)
+    finally:
+        if old is not None: signal.signal(signal.SIGTERM, old)
     print(f'open {path.resolve()} in a browser (works offline)')
     return 0

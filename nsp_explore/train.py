@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #a9a1112f
 from __future__ import annotations
-import contextlib, copy, math, os, pickle, random, signal, threading, time, warnings, zipfile
+import contextlib, copy, math, os, pickle, random, signal, sys, threading, time, warnings, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,9 +18,10 @@ from .core import Config, autocast, atomic_save, default_device, progress, seed_
 from .viz import curves_fig
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'TrainConfig', 'param_groups', 'WarmupCosine', 'make_optimizer', 'History', 'CheckpointError',
-           'unwrap_model', 'rng_state', 'set_rng_state', 'save_checkpoint', 'check_state_dict', 'load_checkpoint',
-           'SeededBatches', 'to_device', 'ddp_setup', 'ema_update', 'graceful_interrupt', 'fit']
+__all__ = ['CHECKPOINT_FORMAT', 'STOP_SIGNALS', 'TrainConfig', 'param_groups', 'WarmupCosine', 'make_optimizer', 'History',
+           'CheckpointError', 'unwrap_model', 'rng_state', 'set_rng_state', 'save_checkpoint', 'check_state_dict',
+           'load_checkpoint', 'SeededBatches', 'to_device', 'ddp_setup', 'ema_update', 'TrainingInterrupted',
+           'graceful_interrupt', 'fit']
 
 # %% ../nbs/08_train.ipynb #c529352b
 @dataclass
@@ -50,6 +51,9 @@ class TrainConfig(Config):
             if getattr(self, name) < 0: raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1: raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.min_lr_ratio <= 1: raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.lr > 0: raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        for name in ('beta1', 'beta2'):
+            if not 0 <= getattr(self, name) < 1: raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
 TrainConfig.PRESETS = dict(
     nano=dict(steps=200, batch_size=16, lr=2e-3, warmup_steps=20, log_every=10),
@@ -93,6 +97,7 @@ class History:
         self.model: nn.Module | None = None
         self.ema_model: nn.Module | None = None
         self.interrupted = False
+        self.start_step = 0           # the step this call of `fit` started from (> 0 when it resumed a checkpoint)
 
     def append(self, row: dict): self.rows.append(dict(row))
     def __len__(self): return len(self.rows)
@@ -134,6 +139,7 @@ class History:
 
 # %% ../nbs/08_train.ipynb #35f099a7
 CHECKPOINT_FORMAT = 'nsp_explore.checkpoint'
+_LEGACY_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.'   # how torch's pre-1.6 (non-zip) files begin
 
 class CheckpointError(RuntimeError):
     "A checkpoint file is missing, corrupt, not an nsp_explore checkpoint, or does not fit the model."
@@ -182,6 +188,11 @@ def _read(path: Path) -> dict:
     if not path.exists(): raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir(): raise CheckpointError(f"checkpoint {str(path)!r} is a directory, not a file")
     if not zipfile.is_zipfile(path):                        # torch.save writes a zip archive; a cut-off one has no directory
+        with open(path, 'rb') as fh: head = fh.read(len(_LEGACY_MAGIC))
+        if head == _LEGACY_MAGIC:
+            raise CheckpointError(f"checkpoint {str(path)!r} is in torch's legacy (pre-1.6, non-zip) format, which "
+                                  f"nsp_explore does not read; if you trust it, load it with torch.load(path, "
+                                  f"weights_only=False) and save it again with torch.save")
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({path.stat().st_size} bytes, not a "
                               f"complete torch archive); it was not written completely: delete it or resume from an "
                               f"earlier checkpoint")
@@ -201,6 +212,10 @@ def _read(path: Path) -> dict:
         what = f"a dict with keys {sorted(ck)[:8]}" if isinstance(ck, dict) else f"a {type(ck).__name__}"
         raise CheckpointError(f"{str(path)!r} is not an nsp_explore checkpoint (it holds {what}); "
                               f"write checkpoints with nsp_explore.train.save_checkpoint")
+    missing = [k for k in ('model', 'step') if k not in ck]
+    if missing or not isinstance(ck['model'], dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} has no {(missing or ['model'])[0]!r} entry (a state dict "
+                              f"of the weights and the step are required); it was not written by save_checkpoint")
     return ck
 
 def check_state_dict(model: nn.Module, state: dict, where: str = 'checkpoint', strict: bool = True):
@@ -276,6 +291,13 @@ def _default_collate(items):
         except ImportError: pass
     return torch.utils.data.default_collate(items)
 
+def _all_finite(batch) -> bool:
+    "Are all floating-point tensors in a (nested) batch finite?"
+    if isinstance(batch, torch.Tensor): return not batch.is_floating_point() or bool(torch.isfinite(batch).all())
+    if isinstance(batch, dict): batch = list(batch.values())
+    if isinstance(batch, (list, tuple)): return all(_all_finite(v) for v in batch)
+    return True
+
 def _batch_len(batch) -> int:
     if isinstance(batch, torch.Tensor): return len(batch) if batch.ndim else 1
     if isinstance(batch, dict): batch = list(batch.values())
@@ -335,27 +357,43 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float):
         else: e.copy_(p)
     for e, b in zip(ema_model.buffers(), model.buffers()): e.copy_(b)
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by `fit` when a run stops early (Ctrl-C, SIGTERM, or a callback raising `KeyboardInterrupt`).
+    `str(e)` is one line saying where it stopped and what was saved; `.step` is the last finished step,
+    `.checkpoint` the path written (None when nothing was saved), `.signal` 'SIGINT', 'SIGTERM' or None."""
+    def __init__(self, msg: str, step: int, checkpoint=None, signal: str | None = None):
+        super().__init__(msg)
+        self.step, self.checkpoint, self.signal = step, checkpoint, signal
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ('SIGINT', 'SIGTERM') if hasattr(signal, n))
+
 @contextlib.contextmanager
-def graceful_interrupt():
-    "Inside the block the first Ctrl-C (SIGINT) only sets `flag['hit']` (checked between steps); a second one interrupts at once."
-    flag = dict(hit=False)
-    old = signal.getsignal(signal.SIGINT)
+def graceful_interrupt(signals=STOP_SIGNALS):
+    """Inside the block the first Ctrl-C (SIGINT) or SIGTERM (what schedulers send before preemption)
+    only records its name in `flag['hit']`, which `fit` checks at step boundaries; a second one raises
+    `KeyboardInterrupt` at once and sets `flag['abort']` (the step was cut: nothing may be saved)."""
+    flag = dict(hit=None, abort=False)
     def handler(sig, frame):
-        if flag['hit']: raise KeyboardInterrupt
-        flag['hit'] = True
+        if flag['hit']:
+            flag['abort'] = True
+            raise KeyboardInterrupt(f"second {flag['hit']}")
+        flag['hit'] = signal.Signals(sig).name
     installed = threading.current_thread() is threading.main_thread()
-    if installed: signal.signal(signal.SIGINT, handler)
+    old = {s: signal.getsignal(s) for s in signals} if installed else {}
+    for s in old: signal.signal(s, handler)
     try: yield flag
     finally:
-        if installed: signal.signal(signal.SIGINT, old)
+        for s, h in old.items(): signal.signal(s, h)
 
 def _run_val(val_fn, model, step, history, rank):
     was = model.training; model.eval()
     state = (random.getstate(), np.random.get_state())
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        res = val_fn(model)
-    random.setstate(state[0]); np.random.set_state(state[1])
-    model.train(was)
+    try:
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            res = val_fn(model)
+    finally:                                                  # also when interrupted: the training stream stays intact
+        random.setstate(state[0]); np.random.set_state(state[1])
+        model.train(was)
     row = dict(step=step, **{k: float(v) for k, v in (res or {}).items()})
     if rank == 0: history.val.append(row)
     return row
@@ -382,7 +420,14 @@ def fit(model: nn.Module, data, loss_fn: Callable, cfg: TrainConfig | None = Non
     if ckpt_path is not None and resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, model)
         _check_resume_config(ck.get('train_config'), cfg)
+        if ck.get('optimizer') is None or ck.get('scheduler') is None:
+            raise CheckpointError(f"checkpoint {str(ckpt_path)!r} holds no optimizer/scheduler state, so training cannot "
+                                  f"resume from it; load its weights with load_checkpoint and use another ckpt_path")
+        if ck['step'] > cfg.steps:
+            raise ValueError(f"checkpoint {str(ckpt_path)!r} is at step {ck['step']}, beyond TrainConfig.steps={cfg.steps}: "
+                             f"raise steps or use another ckpt_path")
         opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
+        _rebuild_schedule(opt, sched, cfg, ck, ckpt_path)
         if ema is not None and ck['extra'].get('ema') is not None: ema.load_state_dict(ck['extra']['ema'])
         history, start = History.from_dict(ck['extra'].get('history', {})), ck['step']
         if sampler_state := ck['extra'].get('sampler'):
@@ -403,7 +448,9 @@ def fit(model: nn.Module, data, loss_fn: Callable, cfg: TrainConfig | None = Non
     params = [p for p in model.parameters() if p.requires_grad]
 
     def save(step):
+        nonlocal saved
         if rank == 0 and ckpt_path is not None:
+            saved = step
             save_checkpoint(ckpt_path, model, opt, sched, step, cfg,
                             extra=dict(ema=ema.state_dict() if ema is not None else None, history=history.to_dict(),
                                        sampler=sampler.state_dict() if sampler is not None else None,
@@ -413,16 +460,26 @@ def fit(model: nn.Module, data, loss_fn: Callable, cfg: TrainConfig | None = Non
         if world > 1: dist.barrier()
 
     model.train()
-    done = start
+    done, saved, at_boundary = start, (start if ckpt_path is not None and start else None), True
+    history.start_step = start
     window = _LogWindow(**(ck['extra'].get('log_window') or {}) if start else {})   # a partial window survives a resume
     bar = progress(range(start, cfg.steps), total=cfg.steps, initial=start, desc='train',
                    disable=(rank != 0) or (None if progress_bar is None else not progress_bar))
+    stop = dict(hit=None, abort=False)
     try:
         with graceful_interrupt() as stop:
             for step in bar:
+                at_boundary = False                              # from here until the step is complete
                 batch = to_device(get_batch(step), device)
-                with autocast(device, enabled=cfg.amp):
-                    out = loss_fn(net, batch)
+                try:
+                    with autocast(device, enabled=cfg.amp):
+                        out = loss_fn(net, batch)
+                except FloatingPointError as e:                  # the model's own NaN check: say which step
+                    raise FloatingPointError(f"step {step}: {e}") from e
+                except ValueError as e:                          # an input check that met the model's NaN, not the data's
+                    if 'NaN' not in str(e) or not _all_finite(batch): raise
+                    raise FloatingPointError(f"step {step}: the model produced NaN/inf from a finite batch (the weights "
+                                             f"diverged?); the check that caught it said: {e}") from e
                 loss = out['loss']
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {float(loss.detach())} at step {step}; other terms: "
@@ -438,6 +495,7 @@ def fit(model: nn.Module, data, loss_fn: Callable, cfg: TrainConfig | None = Non
                     row = window.row(done, sched.get_last_lr()[0])
                     if rank == 0: history.append(row)
                     bar.set_postfix({k: f'{v:.4g}' for k, v in row.items() if k not in ('step', 'step_time', 'items_per_s')}, refresh=False)
+                at_boundary = True                               # weights, EMA, RNG, log: all of step `done`
                 if cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps: checkpoint(done)
                 if val_fn is not None and cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
                     _run_val(val_fn, model, done, history, rank)
@@ -445,17 +503,41 @@ def fit(model: nn.Module, data, loss_fn: Callable, cfg: TrainConfig | None = Non
                 if stop['hit']: raise KeyboardInterrupt          # Ctrl-C / stop button: leave at a step boundary
             if val_fn is not None and done > start: _run_val(val_fn, model, done, history, rank)
             if done > start or (ckpt_path is not None and not ckpt_path.exists()): checkpoint(done)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         history.interrupted = True
+        why = stop['hit'] or 'KeyboardInterrupt'
+        if not at_boundary:                                  # cut inside a step: its weights are neither done nor done+1
+            kept = (f"{str(ckpt_path)!r} keeps step {saved}" if saved is not None else
+                    "no checkpoint was written" if ckpt_path is not None else "no ckpt_path was given")
+            msg = (f"training interrupted ({'second ' if stop['abort'] else ''}{why}) inside step {done + 1} of {cfg.steps}: "
+                   f"nothing saved, since the weights were mid-update; {kept}")
+            raise TrainingInterrupted(msg, done, None, stop['hit']) from e
         if ckpt_path is not None and rank == 0:
             save(done)
-            print(f'interrupted at step {done}: checkpoint written to {ckpt_path}; call fit again to resume')
-        raise
+            msg = (f"training interrupted ({'second ' if stop['abort'] else ''}{why}) at step {done} of {cfg.steps}: "
+                   f"checkpoint written to {str(ckpt_path)!r}; run again to resume")
+        else: msg = f"training interrupted ({why}) at step {done} of {cfg.steps} (no ckpt_path: nothing saved)"
+        raise TrainingInterrupted(msg, done, ckpt_path if ckpt_path is not None and rank == 0 else None, stop['hit']) from e
     finally:
         bar.close()
         if we_init and dist.is_initialized(): dist.destroy_process_group()
     history.model, history.ema_model = model, ema
     return history
+
+def _rebuild_schedule(opt, sched, cfg: TrainConfig, ck: dict, path):
+    """After loading a scheduler state: the LR schedule follows `cfg` (a restored `WarmupCosine` would keep the
+    old run's length). Unchanged settings give bitwise the same learning rates; a run extended to more steps
+    continues on the schedule of its new length (and says so)."""
+    sched.lr_lambdas = [WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio) for _ in opt.param_groups]
+    sched.base_lrs = [cfg.lr for _ in opt.param_groups]
+    for g, base, lam in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+        g['initial_lr'], g['lr'] = base, base * lam(sched.last_epoch)
+    sched._last_lr = [g['lr'] for g in opt.param_groups]
+    then = (ck.get('train_config') or {}).get('steps')
+    if then is not None and then != cfg.steps:
+        warnings.warn(f"{str(path)!r}: the run was planned for {then} steps and now runs to {cfg.steps}; the learning-rate "
+                      f"schedule is rebuilt for {cfg.steps} steps from step {ck['step']} on (so the result differs from a "
+                      f"{cfg.steps}-step run from scratch)")
 
 def _check_resume_config(then: dict | None, cfg: TrainConfig):
     "Warn when a run is resumed with settings that change the result (steps/log/ckpt cadence may differ)."
