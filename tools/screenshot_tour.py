@@ -4,8 +4,8 @@
 
 Without an existing report it first runs the tour (`nsp-tour --preset quick`: a few minutes on a
 CPU; `nano` gives the better-trained picture). Then it opens the report in the system Chromium
-(Playwright, never a downloaded browser), scrolls to the sampling section, lets the lazily created
-figures draw, and saves a screenshot of it, reduced to a small palette PNG.
+(Playwright, never a downloaded browser), scrolls to a section (default: the levels of detail), moves the sliders on screen to a later
+frame, lets the lazily created figures draw, and saves a screenshot of it, reduced to a small palette PNG.
 """
 import argparse, io, shutil, subprocess, sys
 from pathlib import Path
@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--report', default=str(ROOT / 'reports' / 'tour.html'))
     ap.add_argument('--preset', default='quick', help='tour preset to run when the report does not exist')
-    ap.add_argument('--section', default='5. Sampling', help='start of the heading to show at the top')
+    ap.add_argument('--section', default='2. Levels', help='start of the heading to show at the top')
+    ap.add_argument('--frame', type=int, default=-2, help='slider frame to show in the figures on screen (-1: last)')
     ap.add_argument('--out', default=str(ROOT / 'nbs' / 'images' / 'tour_report.png'))
     a = ap.parse_args(argv)
     report = Path(a.report)
@@ -38,7 +39,14 @@ def main(argv=None) -> int:
         page.wait_for_function("() => [...document.querySelectorAll('div[data-nsp-fig]')].filter(el => { const r = el.getBoundingClientRect(); "
                                "return r.top < innerHeight && r.bottom > 0; }).every(el => el._nspLive && el.querySelector('.main-svg'))",
                                timeout=120_000)
-        page.wait_for_timeout(1500)
+        page.evaluate("""f => Promise.all([...document.querySelectorAll('div[data-nsp-fig]')].filter(el => el._nspLive &&
+                           el._transitionData && el._transitionData._frames && el._transitionData._frames.length).map(el => {
+                           const fr = el._transitionData._frames; const name = fr[(fr.length + f) % fr.length].name;
+                           const st = el.layout.sliders && el.layout.sliders[0];
+                           return Plotly.animate(el, [name], {mode: 'immediate', frame: {duration: 0, redraw: true},
+                                                              transition: {duration: 0}}).then(() => st &&
+                               Plotly.relayout(el, {'sliders[0].active': fr.findIndex(x => x.name === name)})); }))""", a.frame)
+        page.wait_for_timeout(2000)
         png = page.screenshot()
         b.close()
     img = Image.open(io.BytesIO(png)).convert('RGB')
