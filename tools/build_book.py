@@ -60,6 +60,7 @@ blockquote{color:#555;border-left:4px solid #ddd;margin-left:0;padding-left:1em}
 code{background:#f2f2f2;padding:0 .2em;border-radius:3px}pre code{background:none;padding:0}
 .contents li{margin:.3em 0}.role{color:#666;font-size:14px}
 .nsp-idle{background:#fafafa}
+.math{font-family:'Times New Roman',serif;font-size:1.1em}div.math{text-align:center;margin:1em 0;font-size:1.25em}
 """
 
 
@@ -109,6 +110,40 @@ def md_renderer():
     return MarkdownIt('commonmark', {'html': True}).enable('table').enable('strikethrough')
 
 
+TEX = {r'\prod': '∏', r'\sum': '∑', r'\mid': ' | ', r'\dots': '…', r'\ldots': '…', r'\cdots': '⋯',
+       r'\subset': ' ⊂ ', r'\subseteq': ' ⊆ ', r'\qquad': '&emsp;&emsp;', r'\quad': '&emsp;', r'\leq': ' ≤ ',
+       r'\le': ' ≤ ', r'\geq': ' ≥ ', r'\ge': ' ≥ ', r'\infty': '∞', r'\in': ' ∈ ', r'\times': ' × ',
+       r'\cdot': '·', r'\approx': ' ≈ ', r'\to': ' → ', r'\alpha': 'α', r'\beta': 'β', r'\epsilon': 'ε',
+       r'\lambda': 'λ', r'\sigma': 'σ', r'\mu': 'μ', r'\pi': 'π', r'\|': '‖', r'\,': ' ', r'\;': ' ',
+       r'\left': '', r'\right': ''}
+
+
+def tex_html(t: str) -> str:
+    "A small LaTeX-to-HTML rendering (symbols, sub- and superscripts): enough for the notebooks' formulas, offline."
+    t = html.escape(t.strip())
+    for k in sorted(TEX, key=len, reverse=True): t = t.replace(k, TEX[k])
+    for _ in range(2):
+        t = re.sub(r'_\{([^{}]*)\}', r'<sub>\1</sub>', t); t = re.sub(r'\^\{([^{}]*)\}', r'<sup>\1</sup>', t)
+    t = re.sub(r'_(\w)', r'<sub>\1</sub>', t); t = re.sub(r'\^(\w)', r'<sup>\1</sup>', t)
+    t = re.sub(r'\\([A-Za-z]+)', r'\1', t.replace('{', '').replace('}', ''))
+    return re.sub(r'(?<![<\w/])([A-Za-z])(?![\w>])', r'<i>\1</i>', t)    # single-letter variables in italics
+
+
+def render_markdown(src: str) -> str:
+    "Markdown to HTML, with $$...$$ and $...$ (outside code) rendered by `tex_html`."
+    parts, store = re.split(r'(```.*?```|`[^`\n]*`)', src, flags=re.S), []
+    def keep(h):
+        store.append(h); return f'NSPMATH{len(store) - 1}X'
+    for i in range(0, len(parts), 2):
+        parts[i] = re.sub(r'\$\$(.+?)\$\$', lambda m: '\n\n' + keep(f'<div class="math">{tex_html(m.group(1))}</div>') + '\n\n',
+                          parts[i], flags=re.S)
+        parts[i] = re.sub(r'(?<![\\$\w])\$([^\s$](?:[^$\n]*?[^\s$\\])?)\$(?![\w$])',
+                          lambda m: keep(f'<span class="math">{tex_html(m.group(1))}</span>'), parts[i])
+    out = md_renderer().render(''.join(parts))
+    for i, h in enumerate(store): out = out.replace(f'<p>NSPMATH{i}X</p>', h).replace(f'NSPMATH{i}X', h)
+    return out
+
+
 def highlight(code: str) -> str:
     try:
         from pygments import highlight as hl
@@ -146,7 +181,7 @@ def render_output(o, fig_id: str) -> str:
         if mime in data:
             b64 = data[mime] if isinstance(data[mime], str) else ''.join(data[mime])
             return f'<img src="data:{mime};base64,{b64.strip()}"/>'
-    if 'text/markdown' in data: return md_renderer().render(''.join(data['text/markdown']))
+    if 'text/markdown' in data: return render_markdown(''.join(data['text/markdown']))
     if 'text/plain' in data: return f'<pre>{html.escape(_ANSI.sub("", "".join(data["text/plain"])))}</pre>'
     return ''
 
@@ -161,7 +196,7 @@ def render_cells(nb, name: str) -> str:
     for c in nb['cells']:
         src = ''.join(c['source'])
         if c['cell_type'] == 'markdown':
-            parts.append(fix_links(md.render(src))); continue
+            parts.append(fix_links(render_markdown(src))); continue
         flags = cell_flags(src)
         if 'hide' in flags: continue
         code = '\n'.join(l for l in src.splitlines() if not re.match(r'\s*#\|', l)).strip('\n')
@@ -265,7 +300,7 @@ def main(argv=None) -> int:
         body = render_cells(done[n], n)
         if n == 'index': body += contents_html(short, subs, times)
         (out / f'{"index" if n == "index" else n}.html').write_text(page(titles[n], body, n, order, short), encoding='utf-8')
-    (out / 'architecture.html').write_text(page(titles['architecture'], fix_links(md.render(arch)), 'architecture', order, short),
+    (out / 'architecture.html').write_text(page(titles['architecture'], fix_links(render_markdown(arch)), 'architecture', order, short),
                                            encoding='utf-8')
     (out / 'plotly.min.js').write_text(plotly_js(), encoding='utf-8')
     (out / 'nsp_lazy.js').write_text(LAZY_PLOTLY_JS, encoding='utf-8')
