@@ -36,8 +36,8 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip('browser test skipped: playwright is not installed (`pip install playwright`; '
-                    '.ci/run installs it); no browser download is needed')
+        pytest.skip('browser test skipped: playwright is not installed (`pip install playwright`, part of the `dev` extra '
+                    'that `make test` installs); no browser download is needed')
     pytest.importorskip('PIL', reason='browser test skipped: pillow is not installed (`pip install pillow`)')
     exe = _chromium()
     if exe is None:
