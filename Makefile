@@ -1,11 +1,12 @@
 # nsp_explore: the two commands of the README are `make tour` and `make test`.
-.PHONY: tour test lab venv export clean-nbs bench wheel readme clean help
+.PHONY: tour test docs lab venv export clean-nbs bench wheel readme clean help
 PYTHON ?= python3
 V := .venv/bin
 
 help:
 	@echo "make tour   - set up .venv, train + sample the nano models, write reports/tour.html"
 	@echo "make test   - set up .venv, check notebooks/library sync, run notebook tests and pytest"
+	@echo "make docs   - execute every notebook (CPU) and write the offline book _book/index.html"
 	@echo "make lab    - open JupyterLab on nbs/ (installs the lab extras)"
 	@echo "make export - nbdev_export + nbdev_clean + README (after editing notebooks)"
 	@echo "make bench  - run the CPU benchmarks (JSON under benchmarks/results/)"
@@ -16,6 +17,10 @@ tour:
 
 test:
 	PYTHON=$(PYTHON) scripts/test.sh
+
+docs:
+	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render
+	$(V)/python tools/build_book.py
 
 venv:
 	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render
@@ -34,4 +39,4 @@ wheel: venv
 	$(V)/python -m pip wheel --no-deps -w dist .
 
 clean:
-	rm -rf build dist *.egg-info _proc _docs
+	rm -rf build dist *.egg-info _proc _docs _book

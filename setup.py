@@ -16,7 +16,7 @@ extras = {
     'fast': ['fpsample>=0.3.3,<1'],          # exact FPS in Rust with wheels (>=1.0 is source-only)
     'cluster': ['torch-cluster'],             # source build on PyPI (~16 min); prefer conda's build
     'render': ['pyvista>=0.42'],              # publication renders, off-screen PNG
-    'lab': ['jupyterlab>=4', 'ipywidgets>=8'],
+    'lab': ['jupyterlab>=4', 'ipywidgets>=8', 'anywidget>=0.9', 'fastcore<2'],  # FigureWidget needs anywidget (plotly>=6); notebooks import fastcore.test
     'dev': cfg.get('dev_requirements', '').split(),
 }
 extras['all'] = sorted({r for k in ('fast', 'render', 'lab', 'dev') for r in extras[k]})

@@ -56,11 +56,20 @@ def autocast(device: torch.device | str | None = None, dtype: torch.dtype = torc
     return contextlib.nullcontext()
 
 # %% ../nbs/00_core.ipynb #e4345c4b
+def _live_terminal() -> bool:
+    "True in a terminal or a Jupyter kernel (bars redraw in place); False when stderr goes to a log file or pipe."
+    if 'ipykernel' in sys.modules: return True
+    try: return sys.stderr.isatty()
+    except (AttributeError, ValueError): return False
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None,
              disable: bool | None = None, leave: bool = True, **kwargs):
-    "The package's progress bar (tqdm; notebook-aware). `NSP_PROGRESS=0` disables every bar."
+    """The package's progress bar (tqdm; notebook-aware). `NSP_PROGRESS=0` disables every bar. When stderr
+    is not a terminal (a log file, CI), the bar is redrawn at most every `NSP_PROGRESS_EVERY` seconds
+    (default 30) instead of ten times a second, so logs stay small."""
     from tqdm.auto import tqdm
     if disable is None: disable = os.environ.get('NSP_PROGRESS', '1') == '0'
+    if not _live_terminal(): kwargs.setdefault('mininterval', float(os.environ.get('NSP_PROGRESS_EVERY', 30)))
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=leave, dynamic_ncols=True, **kwargs)
 
 # %% ../nbs/00_core.ipynb #122a0bab

@@ -13,7 +13,7 @@ def test_report_is_offline_and_inlines_plotly_once(tmp_path):
     for i in range(3): rep.figure(viz.cloud_fig(_cloud(seed=i)), caption=f'c{i}')
     rep.table([dict(metric='CD', value=0.5)])
     s = rep.save(tmp_path / 'r.html').read_text()
-    assert s.count('Plotly.newPlot') == 3
+    assert s.count('data-nsp-fig=') == 3 and s.count('Plotly.newPlot') == 1   # 3 lazy figures, one loader
     # plotly.js bundle (megabytes) appears exactly once; no script is loaded from a URL
     assert s.count('plotly.js v') == 1 or s.count('* plotly.js') == 1
     assert '<script src="http' not in s and "src='http" not in s
@@ -47,3 +47,25 @@ def test_render_png_without_pyvista_says_what_to_install(monkeypatch):
     assert not ok and 'pip install' in msg
     with pytest.raises(viz.RenderUnavailable, match='pyvista is not installed'):
         viz.render_png(_cloud())
+
+
+def test_gallery_is_one_scene_whatever_the_number_of_clouds():
+    "One WebGL context per gallery: a 12-cloud grid has one scene, 12 traces in disjoint cells, 12 titles."
+    fig = viz.cloud_grid([_cloud(50, seed=i) for i in range(12)], titles=[str(i) for i in range(12)], cols=4)
+    assert [k for k in fig.layout.to_plotly_json() if k.startswith('scene')] == ['scene']
+    assert len(fig.data) == 12 and len(fig.layout.scene.annotations) == 12
+    boxes = [(min(t.x), max(t.x), min(t.y), max(t.y)) for t in fig.data]
+    for i in range(12):
+        for j in range(i):
+            a, b = boxes[i], boxes[j]
+            assert a[1] < b[0] or b[1] < a[0] or a[3] < b[2] or b[3] < a[2], (i, j)
+
+
+def test_report_is_readable_by_others(tmp_path):
+    p = viz.Report('t').text('x').save(tmp_path / 'r.html')
+    assert p.stat().st_mode & 0o777 == 0o644
+
+
+def test_token_ids_get_distinct_categorical_colours():
+    cols = viz.label_colors(np.arange(300))
+    assert len(set(cols)) == 300 and cols[:16] == viz.PALETTE

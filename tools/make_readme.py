@@ -3,7 +3,7 @@
 nbdev 2's `nbdev_readme` needs Quarto; this keeps the README reproducible with Python alone.
 Cells whose first line is `#| hide` are left out; outputs are not copied.
 """
-import json
+import json, re
 from pathlib import Path
 
 root = Path(__file__).resolve().parents[1]
@@ -14,7 +14,9 @@ for cell in nb['cells']:
     if not src or src.startswith('#| hide') or src.startswith('#|hide'):
         continue
     if cell['cell_type'] == 'markdown':
-        parts.append(src.replace('](images/', '](nbs/images/'))
+        src = src.replace('](images/', '](nbs/images/')
+        src = re.sub(r'\]\(([\w-]+\.(?:ipynb|md))\)', r'](nbs/\1)', src)   # links between notebooks, from the repo root
+        parts.append(src)
     elif cell['cell_type'] == 'code':
         lines = [l for l in src.splitlines() if not l.startswith('#|')]
         if lines:
