@@ -9,7 +9,7 @@ from nsp_explore.masked import (MaskedConfig, MaskedTransformer, VoxelPatchVQ, b
                                 complete_masked, devoxelize, elu1, encode_dataset, from_patches, linear_attention,
                                 linear_attention_quadratic, linear_attention_recurrent, masked_cross_entropy,
                                 masked_loss, masked_sample, random_mask, reveal_schedule, sample_clouds,
-                                spatial_bias_conv, spatial_bias_dense, to_patches, token_grid, voxelize)
+                                spatial_bias_conv, spatial_bias_dense, to_patches, token_grid, token_structure, voxelize)
 
 
 def small_model(attn='linear', codebook_size=16, n_classes=3, g=4, seed=0, **kw):
@@ -347,3 +347,14 @@ def test_config_presets():
     assert VoxelVQConfig.preset('nano').L == 64 and VoxelVQConfig.preset('small').L == 512
     with pytest.raises(ValueError, match='multiple'): VoxelVQConfig(grid=10, patch=4)
     with pytest.raises(ValueError, match="'linear' or 'softmax'"): MaskedConfig(attn='flash')
+
+
+def test_token_structure_by_hand():
+    E = 9                                                  # EMPTY id
+    train = torch.full((2, 8), E); train[0, :2] = 1; train[1, :4] = 2
+    # grid 2x2x2, row-major: tokens 0 (0,0,0) and 1 (0,0,1) are face neighbours; 0 and 7 are opposite corners
+    s = torch.full((2, 8), E); s[0, [0, 1]] = 3; s[1, [0, 7]] = 4
+    r = token_structure(s, train, E, 2)
+    assert r['nonempty'] == 2.0
+    assert r['pattern_distance'] == (0 + 2) / 2           # row 0 equals train 0's pattern; row 1 differs in 2 places from train 0
+    assert r['isolated'] == (0 + 2) / 2                   # row 1's two patches touch nothing
