@@ -327,9 +327,9 @@ def token_map_fig(out: dict, i: int = 0, scales=None, cols: int = 4, **kw):
     "The token maps of sample `i`: the s_k decoded points of each scale coloured by their token id."
     ks = list(range(len(out['indices']))) if scales is None else list(scales)
     clouds = [out['scale_points'][k][i] for k in ks]
-    colors = [out['indices'][k][i].float() for k in ks]
+    ids = [out['indices'][k][i] for k in ks]                      # categories: a categorical palette
     titles = [f"scale {k + 1}: {out['indices'][k].shape[1]} tokens" for k in ks]
-    return cloud_grid(clouds, titles=titles, colors=colors, cols=cols, size=kw.pop('size', 4.0), **kw)
+    return cloud_grid(clouds, titles=titles, labels=ids, cols=cols, size=kw.pop('size', 4.0), **kw)
 
 def class_gallery(model, tokenizer, categories=None, n_per_class: int = 4, seed: int = 0, **sample_kw):
     "Sample `n_per_class` shapes per class -> (figure grid with one row per class, sample output)."

@@ -184,7 +184,9 @@ def token_map_fig(model, points, lod=None, color: str = 'id', cols: int | None =
     x = torch.as_tensor(points, dtype=torch.float32, device=next(model.parameters()).device)[None]
     out = model(x, lod=None if lod is None else torch.as_tensor(lod)[None].to(x.device))
     model.train(was)
-    if color == 'id': cols_ = [i[0].float().cpu() for i in out.indices]
+    if color == 'id':                                   # token ids are categories: a categorical palette, not a colour scale
+        return cloud_grid([t[0] for t in out.target_scale_points], cols=cols or model.K, labels=[i[0].cpu() for i in out.indices],
+                          size=4, titles=[f'scale {k + 1}: {s} tokens (id)' for k, s in enumerate(model.scales)])
     else:
         codes = model.quantizer.vq.codes().detach().float().cpu()                 # (K_codes, C)
         c = codes - codes.mean(0)

@@ -65,7 +65,7 @@ class TransformerConfig(Config):
     dropout: float = 0.0
     n_freq: int = 8               # Fourier frequencies per coordinate for parent positions
     label_dropout: float = 0.1    # fraction of training sequences with the null class (for CFG)
-    soft_mask: str = 'none'       # soft mask inside a scale: 'none' | 'fixed' (Gaussian of distance) | 'learned' (PointNSP's)
+    soft_mask: str | bool = 'none'  # soft mask inside a scale: 'none' | 'fixed' (Gaussian of distance) | 'learned' (PointNSP's)
     soft_mask_alpha: float = 4.0  # 'fixed': bias = -alpha * ||p_i - p_j||^2 between tokens of one scale
     soft_mask_dim: int = 16       # 'learned': width of the projection P W_p
     attn: str = 'auto'            # 'auto' | 'dense' | 'flex'

@@ -250,7 +250,8 @@ def test_views():
     assert len(s.frames[0].data[1].x) == 1 and len(s.frames[-1].data[1].x) == 256
     t = token_map_fig(out, 2)
     assert len(t.data) == len(tok.scales)
-    assert list(t.data[2].marker.color) == out['indices'][2][2].float().tolist()
+    ids, cols = out['indices'][2][2].tolist(), list(t.data[2].marker.color)    # a categorical palette: one colour per id
+    assert all((ids[i] == ids[j]) == (cols[i] == cols[j]) for i in range(len(ids)) for j in range(len(ids)))
     fig, gal = class_gallery(model, tok, ['x', 'y', 'z'], n_per_class=2, top_k=4)
     assert len(fig.data) == 6 and gal['labels'].tolist() == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ValueError, match='category names'): class_gallery(model, tok, ['x'], n_per_class=1)

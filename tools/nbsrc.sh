@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for n in "$@"; do
-  .venv/bin/jupytext --quiet --to ipynb -o "nbs/$n.ipynb" ".nbsrc/$n.py"
+  upd=(); [ -f "nbs/$n.ipynb" ] && upd=(--update)    # keep cell ids (clean merges) when the notebook exists
+  .venv/bin/jupytext --quiet "${upd[@]}" --to ipynb -o "nbs/$n.ipynb" ".nbsrc/$n.py"
   .venv/bin/nbdev_export --path "nbs/$n.ipynb"
   .venv/bin/nbdev_clean --fname "nbs/$n.ipynb"
 done

@@ -1,0 +1,209 @@
+"""PointNSP, faithful: the checks that would have caught the bf16 losses, the biased training EMD, a mutating
+encode(), the per-scale commitment / EMA update, and the presets and tokenizer frame of the paper's setting."""
+import copy, json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from nsp_explore import metrics as M
+from nsp_explore.data import Normalizer
+from nsp_explore.lod import pool
+from nsp_explore.quantize import ResidualMultiScaleQuantizer
+from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
+from nsp_explore.transformer import ScaleTransformer, TransformerConfig, ToyTokenizer, flatten_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clouds(B=4, N=256, seed=0, noise=0.02):
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(B, N, 3, generator=g)
+    x = d / d.norm(dim=-1, keepdim=True) * torch.tensor([1.0, 0.6, 0.8])
+    return x, x + noise * torch.randn(B, N, 3, generator=g)
+
+
+# ---- 1. bf16 autocast: the losses are the fp32 losses --------------------------------------------------
+def test_chamfer_under_bf16_autocast_equals_fp32():
+    x, y = clouds()
+    ref = M.chamfer_distance(x, y)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = M.chamfer_distance(x, y)
+        self_cd = M.chamfer_distance(x, x)
+        bf = M.chamfer_distance(x.bfloat16(), y)                     # a bf16 prediction against an fp32 target
+    assert got.dtype == torch.float32 and bf.dtype == torch.float32
+    assert_close(got, ref, rtol=1e-5, atol=1e-7)
+    assert self_cd.abs().max() < 1e-6                                 # was 2-4e-3 with baddbmm in bf16
+
+
+def test_tokenizer_losses_under_autocast_equal_fp32():
+    torch.manual_seed(0)
+    tok = PointNSPTokenizer('nano').eval()
+    x, _ = clouds(2)
+    with torch.no_grad():
+        ref = tok(x).losses
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got = tok(x).losses
+            ti = tok.teacher_inputs(tok.encode(x)[0])
+    for k in ref: assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert all(t.dtype == torch.float32 for t in ti[0][:2])           # teacher inputs are built in fp32, as in sampling
+
+
+# ---- 2. the training EMD ------------------------------------------------------------------------------------
+@pytest.mark.parametrize('N', [256, 512])
+def test_training_emd_is_zero_at_target_and_equals_exact(N):
+    x, y = clouds(3, N, seed=N)
+    assert M.emd_train(x, x).abs().max() == 0
+    assert_close(M.emd_train(x, y), M.emd_exact(x, y), rtol=1e-6, atol=1e-8)
+    assert M.sinkhorn_divergence(x, x).abs().max() < 1e-6
+
+
+def test_cuda_training_emd_path_is_within_a_percent_of_exact():
+    "The GPU path (auction with the training eps schedule) measured on CPU tensors: within 1 % of the exact EMD."
+    x, y = clouds(2, 256, seed=3)
+    au = M.emd_auction(x, y, eps_schedule=(1e-1, 1e-2, 3e-3))
+    ex = M.emd_exact(x, y)
+    assert ((au - ex) / ex).abs().max() < 0.01
+
+
+def test_descending_on_the_training_emd_from_the_target_does_not_drift():
+    x, _ = clouds(2, 256, seed=5)
+    def drift(loss_fn):
+        p = x.clone().requires_grad_()
+        opt = torch.optim.SGD([p], lr=0.5)
+        for _ in range(30):
+            opt.zero_grad(); loss_fn(p, x).sum().backward(); opt.step()
+        return float((p.detach() - x).norm(dim=-1).mean()), float(p.detach().std() / x.std())
+    moved, spread = drift(M.emd_train)
+    assert moved < 1e-6 and abs(spread - 1) < 1e-6
+    moved_b, spread_b = drift(lambda a, b: M.emd_approx(a, b, eps_final=0.05, scaling=0.5, n_final=3))   # the old loss
+    assert moved_b > 5e-4 and spread_b < spread                       # it moves the cloud and shrinks it
+
+
+# ---- 3. encode never mutates the tokenizer --------------------------------------------------------------------
+def test_encode_in_training_mode_changes_nothing_and_is_repeatable():
+    torch.manual_seed(0)
+    tok = PointNSPTokenizer('nano').train()
+    x, _ = clouds(2)
+    tok(x)                                                            # one training forward (codebook from data)
+    before = copy.deepcopy(tok.state_dict())
+    a, _ = tok.encode(x)
+    b, _ = tok.encode(x)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert all(torch.equal(before[k], v) for k, v in tok.state_dict().items())
+    assert tok.training                                               # and the mode is left alone
+
+
+# ---- 4. per-scale commitment, one EMA update per step ---------------------------------------------------------
+def test_commitment_is_the_mean_of_per_scale_terms_with_gradient_to_the_encoder():
+    torch.manual_seed(0)
+    rq = ResidualMultiScaleQuantizer(8, 16, (1, 4, 16)).eval()
+    f = torch.randn(2, 16, 8, requires_grad=True)
+    o = rq(f)
+    prev = [torch.zeros_like(f)] + [c.detach() for c in o.cumulative[:-1]]
+    terms = [((pool(f - p, 16 // s) - rq.vq.embed(i)) ** 2).mean() for p, i, s in zip(prev, o.indices, rq.scales)]
+    assert_close(o.losses['commit'], rq.beta * torch.stack(terms).mean())
+    g, = torch.autograd.grad(o.losses['commit'], f)
+    assert g.abs().sum() > 0                                          # every scale's term reaches f
+
+
+def test_one_ema_update_per_training_step_from_all_scales():
+    torch.manual_seed(0)
+    rq = ResidualMultiScaleQuantizer(8, 16, (1, 4, 16), restart_dead=False).train()
+    f = torch.randn(3, 16, 8)
+    rq(f)                                                             # initializes the codebook from data
+    n0, s0 = rq.vq.cluster_size.clone(), rq.vq.embed_sum.clone()
+    o = rq(f)
+    d = rq.vq.decay
+    z = torch.cat([pool(f - p, 16 // s).reshape(-1, 8) for p, s in
+                   zip([torch.zeros_like(f)] + [c.detach() for c in o.cumulative[:-1]], rq.scales)])
+    onehot = F.one_hot(torch.cat([i.reshape(-1) for i in o.indices]), 16).float()
+    assert_close(rq.vq.cluster_size, d * n0 + (1 - d) * onehot.sum(0))                 # exactly one decay step
+    assert_close(rq.vq.embed_sum, d * s0 + (1 - d) * onehot.T @ z, rtol=1e-5, atol=1e-6)
+
+
+# ---- soft masks -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('mode', ['none', 'fixed', 'learned'])
+def test_soft_mask_modes_agree_between_cache_and_full_forward(mode):
+    torch.manual_seed(0)
+    tok = ToyTokenizer((1, 4, 16), token_dim=8, codebook_size=16)
+    m = ScaleTransformer.for_tokenizer(TransformerConfig.preset('nano', soft_mask=mode, label_dropout=0.0), tok, 2).eval()
+    idx = [torch.randint(0, 16, (2, s)) for s in tok.scales]
+    labels = torch.tensor([0, 1])
+    teacher = tok.teacher_inputs(idx)
+    full = m(*flatten_teacher(teacher), labels)
+    cache = m.new_cache()
+    steps = [m.step(0, labels=labels, cache=cache)] + [m.step(k, *teacher[k - 1], labels=labels, cache=cache) for k in (1, 2)]
+    assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_old_boolean_soft_mask_configs_still_load():
+    assert TransformerConfig.from_dict(dict(TransformerConfig().to_dict(), soft_mask=True)).soft_mask == 'fixed'
+    with pytest.raises(ValueError, match='soft_mask'): TransformerConfig(soft_mask='sometimes')
+
+
+# ---- the paper's sizes ------------------------------------------------------------------------------------------------
+def test_pointnsp_s_preset_is_the_papers_size():
+    tok = PointNSPTokenizer('small')
+    gen = ScaleTransformer.for_tokenizer('small', tok, n_classes=10)
+    total = sum(p.numel() for p in tok.parameters()) + gen.n_params()
+    assert tok.n_points == 2048 and tok.scales[-1] == 2048 and tok.points_per_leaf == 1   # finest scale = full cloud
+    assert abs(total - 22e6) / 22e6 < 0.15, total
+
+
+def test_fps_augmentation_is_on_in_the_presets():
+    from nsp_explore.train_tokenizer import tokenizer_datasets
+    assert TokenizerConfig.preset('nano').fps_trajectories > 1
+    train, val = tokenizer_datasets('nano', n_train=1, n_val=1, categories=['chair'])
+    assert train.n_trajectories == TokenizerConfig.preset('nano').fps_trajectories and val.n_trajectories == 1
+    trees = {tuple(train.index[0, t].tolist()) for t in range(train.n_trajectories)}
+    assert len(trees) == train.n_trajectories                                             # different LoD orders
+
+
+# ---- the tokenizer knows its frame ------------------------------------------------------------------------------------
+def test_tokenizer_checkpoint_carries_its_frame_and_tokenizes_raw_points(tmp_path):
+    from nsp_explore.train import save_checkpoint
+    from nsp_explore.train_tokenizer import load_tokenizer
+    torch.manual_seed(0)
+    raw = [torch.randn(256, 3) * 3 + torch.tensor([5.0, -2.0, 1.0]) for _ in range(4)]
+    norm = Normalizer('global').fit(raw)
+    tok = PointNSPTokenizer('nano').set_frame(norm).eval()
+    save_checkpoint(tmp_path / 't.pt', tok)
+    back = load_tokenizer(tmp_path / 't.pt')
+    assert back.cfg.frame == 'global'
+    assert_close(back.norm_mean, norm.mean); assert_close(back.norm_std, norm.std)
+    x = torch.stack(raw)
+    t = back.tokenize(x)                                                  # raw units in, the training frame inside
+    ref, _ = back.encode(norm.normalize(x))
+    assert all(torch.equal(a, b) for a, b in zip(t['indices'], ref))
+    out = back.detokenize(t['indices'], t['mean'], t['std'])             # and back to the caller's units
+    assert_close(out['points'].mean((0, 1)), x.mean((0, 1)), atol=3.0, rtol=0)
+    per = PointNSPTokenizer('nano', frame='per_shape').eval()
+    xa, _, _ = per.to_frame(x); xb, _, _ = per.to_frame(x * 10 + 7)                     # per-shape frame: invariant
+    assert_close(xa, xb, rtol=1e-4, atol=1e-5)                     # (tokens then agree up to float rounding)
+
+
+# ---- the GPU suite's CPU part ---------------------------------------------------------------------------------------
+def test_gpu_suite_dry_run_on_cpu(tmp_path):
+    out = tmp_path / 'suite.json'
+    r = subprocess.run([sys.executable, 'benchmarks/gpu_suite.py', '--dry-run', '--device', 'cpu', '--only', 'lod', 'metrics',
+                        'transformer', '--results', str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, NSP_PROGRESS='0'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert set(rep['sections']) == {'lod', 'metrics', 'transformer'}
+    assert all(s['error'] is None for s in rep['sections'].values()), rep['sections']
+    assert any(row.get('bench') == 'train_step' for row in rep['sections']['transformer']['rows'])
+
+
+@pytest.mark.slow
+def test_gpu_suite_full_dry_run(tmp_path):
+    out = tmp_path / 'suite.json'
+    r = subprocess.run([sys.executable, 'benchmarks/gpu_suite.py', '--dry-run', '--device', 'cpu', '--results', str(out),
+                        '--pretrained-out', str(tmp_path / 'pre')], cwd=ROOT, capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert all(s['error'] is None for s in rep['sections'].values())
+    assert (tmp_path / 'pre' / 'nano_tokenizer.pt').exists()
