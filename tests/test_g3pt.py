@@ -278,3 +278,17 @@ def test_progressive_schedule():
     s = [progressive_schedule(t, 100, 6, 0.4) for t in range(100)]
     assert s[0] == 2 and s[-1] == 6 and all(a <= b for a, b in zip(s, s[1:])) and s[40] == 6
     assert progressive_schedule(0, 100, 6, 0.0) == 6
+
+
+def test_locality_option_adds_anchor_loss_and_presets_build():
+    tok = tiny(locality=50.0)
+    b = dict(zip(('points', 'normals'), cloud()))
+    b.update(queries=torch.rand(2, 32, 3) - 0.5, occ=(torch.rand(2, 32) > 0.5).float(),
+             near=torch.arange(32).expand(2, -1) < 16)
+    out = tokenizer_loss(tok, b)
+    assert 'anchor' in out and torch.isfinite(out['loss'])
+    out['loss'].backward()
+    assert tok.decoder.log_alpha.grad is not None and tok.decoder.anchor[1].weight.grad.abs().sum() > 0
+    assert 'anchor' not in tokenizer_loss(tiny(), b)
+    small = G3PTConfig.preset('small')
+    assert small.n_latents == 256 and small.n_bits == 13 and sum(small.scales) == 530
