@@ -243,7 +243,7 @@ def scale_logits(model, k, inputs, labels, cache, cfg_scale: float | None = None
     "Logits `(B, s_k, V)` of scale k; with `cfg_scale` the batch runs twice (class | null) and is combined."
     if cfg_scale is None: return _run_step(model, k, inputs, labels, cache).float()
     null = torch.full_like(labels, model.null_class)
-    both = _run_step(model, k, [torch.cat([t, t]) for t in inputs], torch.cat([labels, null]), cache).float()
+    both = _run_step(model, k, [None if t is None else torch.cat([t, t]) for t in inputs], torch.cat([labels, null]), cache).float()
     cond, uncond = both.chunk(2)
     return cfg_combine(cond, uncond, cfg_scale)
 

@@ -292,3 +292,14 @@ def test_locality_option_adds_anchor_loss_and_presets_build():
     assert 'anchor' not in tokenizer_loss(tiny(), b)
     small = G3PTConfig.preset('small')
     assert small.n_latents == 256 and small.n_bits == 13 and sum(small.scales) == 530
+
+
+def test_guided_sampling_without_positions():
+    tok = tiny().eval()
+    torch.manual_seed(0)
+    model = ScaleTransformer(TransformerConfig(n_layer=1, n_head=2, d_model=32, learned_pos=True, label_dropout=0.0),
+                             tok.token_dim, tok.scales, 3, tok.codebook_size).eval()
+    a = sample(model, tok, labels=torch.tensor([0, 2]), cfg_scale=2.0, seed=1)
+    b = sample(model, tok, labels=torch.tensor([0, 2]), cfg_scale=2.0, seed=1, use_cache=False)
+    assert all(torch.equal(i, j) for i, j in zip(a['indices'], b['indices']))       # KV cache = prefix recompute
+    assert a['points'].shape == (2, 64, 3)
