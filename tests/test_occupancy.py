@@ -177,3 +177,12 @@ def test_slices_and_figures():
     assert len(fig.data) == 4
     assert len(meshes_fig([m, trimesh.Trimesh()]).data) == 1
     with pytest.raises(ValueError, match='as many'): slices_fig([np.zeros((4, 4))], [])
+
+
+def test_mesh_slider_frames_and_errors():
+    from nsp_explore.occupancy import mesh_slider
+    m = make_shape('bottle')
+    fig = mesh_slider([m, trimesh.Trimesh(), m], titles=['a', 'empty', 'c'])
+    assert len(fig.frames) == 3 and len(fig.layout.sliders[0].steps) == 3 and len(fig.frames[1].data[0].x) == 0
+    with pytest.raises(ValueError, match='titles'): mesh_slider([m], titles=['a', 'b'])
+    with pytest.raises(ValueError, match='no meshes'): mesh_slider([])
