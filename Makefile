@@ -19,11 +19,11 @@ test:
 	PYTHON=$(PYTHON) scripts/test.sh
 
 docs:
-	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render
+	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render,mesh
 	$(V)/python tools/build_book.py
 
 venv:
-	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render
+	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render,mesh
 
 lab:
 	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,lab,render

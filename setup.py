@@ -17,9 +17,10 @@ extras = {
     'cluster': ['torch-cluster'],             # source build on PyPI (~16 min); prefer conda's build
     'render': ['pyvista>=0.42'],              # publication renders, off-screen PNG
     'lab': ['jupyterlab>=4', 'ipywidgets>=8', 'anywidget>=0.9', 'fastcore<2'],  # FigureWidget needs anywidget (plotly>=6); notebooks import fastcore.test
+    'mesh': cfg.get('mesh_requirements', 'scikit-image>=0.21').split(),   # marching cubes (occupancy.extract_mesh)
     'dev': cfg.get('dev_requirements', '').split(),
 }
-extras['all'] = sorted({r for k in ('fast', 'render', 'lab', 'dev') for r in extras[k]})
+extras['all'] = sorted({r for k in ('fast', 'render', 'lab', 'mesh', 'dev') for r in extras[k]})
 
 sample_files = [str(p.relative_to(here / 'data_samples')) for p in (here / 'data_samples').rglob('*')
                 if p.is_file() and '__pycache__' not in p.parts]

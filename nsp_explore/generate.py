@@ -43,8 +43,10 @@ class TokenSequences:
     def batch(self, rows) -> dict:
         rows = torch.as_tensor(rows, dtype=torch.long)
         b = dict(tokens=torch.cat([i[rows] for i in self.indices], 1), label=self.labels[rows])
-        if self.has_teacher:
-            b.update(feat=self.feat[rows], pos=self.pos[rows], slot=self.slot[None].expand(len(rows), -1))
+        if self.has_teacher:   # pos / slot are None for tokenizers without positions (G3PT): left out of the batch
+            b.update(feat=self.feat[rows])
+            if self.pos is not None: b['pos'] = self.pos[rows]
+            if self.slot is not None: b['slot'] = self.slot[None].expand(len(rows), -1)
         return b
     def sampler(self, batch_size: int, seed: int = 0):
         "A deterministic `step -> batch` function (random rows, reproducible per step, so resuming is exact)."
@@ -59,7 +61,9 @@ def cache_tokens(tokenizer, dataset, batch_size: int = 64, teacher: bool | str =
     """Encode every shape of `dataset` (items with `points`, `label`, optional `lod_index`) once.
 
     `passes` > 1 repeats the dataset (e.g. a `LoDDataset` with several FPS trajectories per shape).
-    `teacher='auto'` stores the transformer inputs too when they fit in `max_teacher_gb`."""
+    `teacher='auto'` stores the transformer inputs too when they fit in `max_teacher_gb`.
+    A tokenizer that needs more per-point inputs names the item keys in `encode_inputs` (G3PT: `('normals',)`);
+    they are stacked and passed to `encode` as keyword arguments."""
     device = torch.device(device) if device is not None else _device_of(tokenizer)
     tokenizer.eval()
     M = len(dataset) * passes
@@ -71,16 +75,17 @@ def cache_tokens(tokenizer, dataset, batch_size: int = 64, teacher: bool | str =
         items = [dataset[i] for i in rows[a:a + batch_size]]
         x = torch.stack([it['points'] for it in items]).to(device)                                    # (b, N, 3)
         lod = torch.stack([it['lod_index'] for it in items]).to(device) if 'lod_index' in items[0] else None
-        idx, _ = tokenizer.encode(x, lod)
+        extra = {key: torch.stack([it[key] for it in items]).to(device) for key in getattr(tokenizer, 'encode_inputs', ())}
+        idx, _ = tokenizer.encode(x, lod, **extra)
         idx_parts.append([i.cpu() for i in idx])
         labels.append(torch.stack([torch.as_tensor(it['label']).long() for it in items]))
         if teacher:
             f, p, s = flatten_teacher(tokenizer.teacher_inputs(idx))
-            feats.append(f.float().cpu()); poss.append(p.float().cpu()); slot = s[0].cpu()
+            feats.append(f.float().cpu()); poss.append(None if p is None else p.float().cpu()); slot = None if s is None else s[0].cpu()
     indices = [torch.cat([part[k] for part in idx_parts]) for k in range(len(tokenizer.scales))]
     cats = getattr(dataset, 'categories', None)
     return TokenSequences(indices, torch.cat(labels), tokenizer.scales, torch.cat(feats) if teacher else None,
-                          torch.cat(poss) if teacher else None, slot, list(cats) if cats is not None else None)
+                          torch.cat(poss) if teacher and poss[0] is not None else None, slot, list(cats) if cats is not None else None)
 
 # %% ../nbs/10_generate.ipynb #36f92980
 def next_scale_loss(model, batch: dict, tokenizer=None) -> dict:
@@ -91,7 +96,7 @@ def next_scale_loss(model, batch: dict, tokenizer=None) -> dict:
     dev, net = next(model.parameters()).device, getattr(model, 'module', model)   # (DDP wraps the model)
     tokens, labels = batch['tokens'].to(dev), batch['label'].to(dev)
     if 'feat' in batch:
-        feat, pos, slot = (batch[key].to(dev) for key in ('feat', 'pos', 'slot'))
+        feat, pos, slot = (batch[key].to(dev) if batch.get(key) is not None else None for key in ('feat', 'pos', 'slot'))
     else:
         if tokenizer is None: raise ValueError("next_scale_loss: the batch has no teacher inputs; pass the tokenizer")
         feat, pos, slot = flatten_teacher(tokenizer.teacher_inputs(list(tokens.split(net.scales, 1))))
@@ -269,7 +274,7 @@ def scale_logits(model, k, inputs, labels, cache, cfg_scale: float | None = None
     "Logits `(B, s_k, V)` of scale k; with `cfg_scale` the batch runs twice (class | null) and is combined."
     if cfg_scale is None: return _run_step(model, k, inputs, labels, cache).float()
     null = torch.full_like(labels, model.null_class)
-    both = _run_step(model, k, [torch.cat([t, t]) for t in inputs], torch.cat([labels, null]), cache).float()
+    both = _run_step(model, k, [None if t is None else torch.cat([t, t]) for t in inputs], torch.cat([labels, null]), cache).float()
     cond, uncond = both.chunk(2)
     return cfg_combine(cond, uncond, cfg_scale)
 

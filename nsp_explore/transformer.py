@@ -27,23 +27,24 @@ __all__ = ['scale_ids', 'block_causal_mask', 'mask_fig', 'TransformerConfig', 'T
            'ScaleTransformer', 'soft_mask_bias', 'soft_score_mod', 'LearnedSoftMask', 'model_flops']
 
 # %% ../nbs/09_transformer.ipynb #b44f91b3
-def _check_scales(scales) -> tuple[int, ...]:
+def _check_scales(scales, integer_ratios: bool = True) -> tuple[int, ...]:
     scales = tuple(int(s) for s in scales)
     if len(scales) < 1 or any(s < 1 for s in scales):
         raise ValueError(f"scales must be positive sizes s_1 < ... < s_K, got {scales}")
     for a, b in zip(scales, scales[1:]):
-        if b % a or b <= a:
+        if b <= a and not integer_ratios: raise ValueError(f"scales must increase, got {scales}")
+        if integer_ratios and (b % a or b <= a):
             raise ValueError(f"scales need integer ratios > 1 (s_(k+1) = r_k s_k), got {scales}")
     return scales
 
-def scale_ids(scales, device=None) -> torch.Tensor:
-    "`(L,)` int64: the scale index (0-based) of every token of the concatenated sequence."
-    scales = _check_scales(scales)
+def scale_ids(scales, device=None, integer_ratios: bool = True) -> torch.Tensor:
+    "`(L,)` int64: the scale index (0-based) of every token of the concatenated sequence (`integer_ratios=False`: any increasing sizes)."
+    scales = _check_scales(scales, integer_ratios)
     return torch.repeat_interleave(torch.arange(len(scales), device=device), torch.tensor(scales, device=device))
 
-def block_causal_mask(scales, device=None) -> torch.Tensor:
+def block_causal_mask(scales, device=None, integer_ratios: bool = True) -> torch.Tensor:
     "`(L, L)` bool, True where attention is allowed: scale of key <= scale of query."
-    sid = scale_ids(scales, device)
+    sid = scale_ids(scales, device, integer_ratios)
     return sid[:, None] >= sid[None, :]
 
 # %% ../nbs/09_transformer.ipynb #9e1b4671
@@ -69,6 +70,8 @@ class TransformerConfig(Config):
     soft_mask_alpha: float = 4.0  # 'fixed': bias = -alpha * ||p_i - p_j||^2 between tokens of one scale
     soft_mask_dim: int = 16       # 'learned': width of the projection P W_p
     attn: str = 'auto'            # 'auto' | 'dense' | 'flex'
+    learned_pos: bool = False     # a learned embedding per token of the sequence (VAR; for tokenizers without positions)
+    qk_norm: bool = False         # LayerNorm on queries and keys per head (stabler attention logits)
     # filled in by ScaleTransformer from the tokenizer (so a checkpoint's config rebuilds the model):
     tokenizer_dim: int | None = None
     scales: tuple | None = None
@@ -193,7 +196,7 @@ def flex_attend(q, k, v, block_mask=None, score_mod=None):
 
 def flex_block_mask(scales, device=None):
     "FlexAttention `BlockMask` of the block-causal mask (same comparison as `block_causal_mask`)."
-    sid = scale_ids(scales, device)
+    sid = scale_ids(scales, device, integer_ratios=False)
     L = len(sid)
     return create_block_mask(lambda b, h, q, kv: sid[q] >= sid[kv], None, None, L, L, device=str(sid.device))
 
@@ -216,10 +219,13 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        hd = cfg.d_model // cfg.n_head
+        self.q_norm, self.k_norm = (nn.LayerNorm(hd), nn.LayerNorm(hd)) if getattr(cfg, 'qk_norm', False) else (nn.Identity(), nn.Identity())
 
     def forward(self, x_BTD, attend, cache: KVCache | None = None):
         B, T, D = x_BTD.shape
         q, k, v = self.qkv(x_BTD).view(B, T, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
         if cache is not None: k, v = cache.append(self.layer, k, v)
         y = attend(q, k, v)                                                                           # (B, H, T, hd)
         return self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
@@ -238,19 +244,19 @@ class Block(nn.Module):
 
 # %% ../nbs/09_transformer.ipynb #cfd3c3d5
 def flatten_teacher(teacher) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "List over scales 2..K of (feat (B,s,C), pos (B,s,3), slot (B,s)) -> concatenated (B,T,C), (B,T,3), (B,T)."
+    "List over scales 2..K of (feat (B,s,C), pos (B,s,3), slot (B,s)) -> concatenated (B,T,C), (B,T,3), (B,T); pos/slot may be None."
     if len(teacher) == 0: raise ValueError("teacher inputs are empty: a single-scale model has nothing to condition on")
-    return tuple(torch.cat([t[i] for t in teacher], 1) for i in range(3))
+    return tuple(None if teacher[0][i] is None else torch.cat([t[i] for t in teacher], 1) for i in range(3))
 
 class ScaleTransformer(nn.Module):
     "Next-scale transformer over a tokenizer's scales; logits over `codebook_size` codes per token."
     def __init__(self, cfg: TransformerConfig, tokenizer_dim: int, scales, n_classes: int = 0,
                  codebook_size: int = 512):
         super().__init__()
-        self.scales = _check_scales(scales)
+        self.scales = _check_scales(scales, integer_ratios=False)   # any increasing sizes (G3PT: 1, 4, 9, 16, ...)
         self.cfg = cfg = cfg.override(tokenizer_dim=int(tokenizer_dim), scales=self.scales, n_classes=int(n_classes),
                                       codebook_size=int(codebook_size))
-        self.ratios = tuple(b // a for a, b in zip(self.scales, self.scales[1:]))
+        self.ratios = tuple(max(1, b // a) for a, b in zip(self.scales, self.scales[1:]))
         self.tokenizer_dim, self.n_classes, self.codebook_size = tokenizer_dim, n_classes, codebook_size
         self.null_class = n_classes
         D, K = cfg.d_model, len(self.scales)
@@ -263,8 +269,9 @@ class ScaleTransformer(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_f, self.head = nn.LayerNorm(D), nn.Linear(D, codebook_size)
         self.soft = LearnedSoftMask(cfg.n_freq, max(self.ratios, default=1), cfg.soft_mask_dim) if cfg.soft_mask == 'learned' else None
-        self.register_buffer('scale_id', scale_ids(self.scales), persistent=False)   # (L,)
-        self.register_buffer('mask', block_causal_mask(self.scales), persistent=False)  # (L, L)
+        self.pos_emb = nn.Parameter(torch.randn(sum(self.scales), D) * 0.02) if cfg.learned_pos else None   # (L, D)
+        self.register_buffer('scale_id', scale_ids(self.scales, integer_ratios=False), persistent=False)   # (L,)
+        self.register_buffer('mask', block_causal_mask(self.scales, integer_ratios=False), persistent=False)  # (L, L)
         self._block_masks = {}
         self.apply(self._init)
 
@@ -291,7 +298,8 @@ class ScaleTransformer(nn.Module):
 
     def n_params(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        if not embeddings: n -= sum(p.numel() for p in [self.class_emb.weight, self.start_emb, self.scale_emb.weight, self.slot_emb.weight])
+        if not embeddings: n -= sum(p.numel() for p in [self.class_emb.weight, self.start_emb, self.scale_emb.weight, self.slot_emb.weight,
+                                                      *([self.pos_emb] if self.pos_emb is not None else [])])
         return n
 
     # --- inputs -------------------------------------------------------------------------
@@ -308,27 +316,33 @@ class ScaleTransformer(nn.Module):
         return labels
 
     def _embed_children(self, feat, pos, slot, sid):
-        "Tokens of scales >= 2: (B, T, C), (B, T, 3), (B, T), (T,) scale ids -> (B, T, D)."
-        return (self.feat_proj(feat) + self.pos_proj(fourier_features(pos, self.cfg.n_freq))
-                + self.slot_emb(slot) + self.scale_emb(sid))
+        "Tokens of scales >= 2: (B, T, C), (B, T, 3) or None, (B, T) or None, (T,) scale ids -> (B, T, D)."
+        x = self.feat_proj(feat) + self.scale_emb(sid)
+        if pos is not None: x = x + self.pos_proj(fourier_features(pos, self.cfg.n_freq))
+        return x if slot is None else x + self.slot_emb(slot)
 
     def _start(self, B, device):
         return (self.start_emb + self.scale_emb.weight[0])[None].expand(B, -1, -1)    # (B, s_1, D)
 
     def embed(self, feat, pos, slot, labels=None):
         """Input embeddings `(B, L', D)` and token positions `(B, L', 3)` (zeros at scale 1) of the first
-        n scales, where the teacher inputs hold scales 2..n (`T = s_2 + ... + s_n` rows; T = 0 for n = 1)."""
-        B, T = slot.shape
+        n scales, where the teacher inputs hold scales 2..n (`T = s_2 + ... + s_n` rows; T = 0 for n = 1).
+        `pos` and `slot` may be None (tokenizers without positions, e.g. G3PT's latent sets)."""
+        B, T = feat.shape[:2]
         prefix = [sum(self.scales[1:n]) for n in range(1, len(self.scales) + 1)]
-        if T not in prefix or feat.shape != (B, T, self.tokenizer_dim) or pos.shape != (B, T, 3):
+        if (T not in prefix or feat.shape != (B, T, self.tokenizer_dim) or (pos is not None and pos.shape != (B, T, 3))
+                or (slot is not None and slot.shape != (B, T))):
             raise ValueError(f"teacher inputs: expected feat (B, T, {self.tokenizer_dim}), pos (B, T, 3), slot (B, T) with "
-                             f"T = {self.L - self.scales[0]} (all scales) or a prefix {prefix}; "
-                             f"got {tuple(feat.shape)}, {tuple(pos.shape)}, {tuple(slot.shape)}")
+                             f"T = {self.L - self.scales[0]} (all scales) or a prefix {prefix}; got {tuple(feat.shape)}, "
+                             f"{None if pos is None else tuple(pos.shape)}, {None if slot is None else tuple(slot.shape)}")
+        if pos is None and self.cfg.soft_mask != 'none': raise ValueError("soft_mask needs token positions; this tokenizer gives none")
         s1 = self.scales[0]
         x = torch.cat([self._start(B, feat.device), self._embed_children(feat, pos, slot, self.scale_id[s1:s1 + T])], 1)
         x = x + self.class_emb(self._labels(labels, B, feat.device))[:, None]
-        pos_full = torch.cat([pos.new_zeros(B, s1, 3), pos], 1)
-        return x, pos_full, torch.cat([slot.new_zeros(B, s1), slot], 1)
+        if self.pos_emb is not None: x = x + self.pos_emb[:s1 + T]
+        pos_full = feat.new_zeros(B, s1 + T, 3) if pos is None else torch.cat([pos.new_zeros(B, s1, 3), pos], 1)
+        slot_full = None if slot is None else torch.cat([slot.new_zeros(B, s1), slot], 1)
+        return x, pos_full, slot_full
 
     # --- attention choices ----------------------------------------------------------------
     def backend(self, device) -> str:
@@ -356,7 +370,7 @@ class ScaleTransformer(nn.Module):
         return self._block_masks[key]
 
     # --- forward passes -----------------------------------------------------------------
-    def forward(self, feat, pos, slot, labels=None, backend: str | None = None):
+    def forward(self, feat, pos=None, slot=None, labels=None, backend: str | None = None):
         "Teacher-forced logits `(B, L, V)` from concatenated inputs of scales 2..K (see `flatten_teacher`); a prefix of scales works too."
         x, pos_full, slot_full = self.embed(feat, pos, slot, labels)
         attend = self._attend_full(pos_full, backend or self.backend(x.device), slot_full)
@@ -380,7 +394,9 @@ class ScaleTransformer(nn.Module):
         else:
             B, dev = feat.shape[0], feat.device
             x, pos_k, slot_k = self._embed_children(feat, pos, slot, self.scale_id.new_full((self.scales[k],), k)), pos, slot
+            if pos is None and self.cfg.soft_mask != 'none': raise ValueError("soft_mask needs token positions; this tokenizer gives none")
         x = x + self.class_emb(self._labels(labels, B, dev))[:, None]
+        if self.pos_emb is not None: x = x + self.pos_emb[cache.length:cache.length + self.scales[k]]
         attend = dense_attend   # every cached key is coarser, and the scale is bidirectional: no mask
         if self.cfg.soft_mask != 'none':
             bias = (-self.cfg.soft_mask_alpha * torch.cdist(pos_k, pos_k).square() if self.cfg.soft_mask == 'fixed'
@@ -414,7 +430,8 @@ class LearnedSoftMask(nn.Module):
         self.gamma = nn.Parameter(torch.ones(()))
 
     def forward(self, pos_BL3, slot_BL, sid_L) -> torch.Tensor:
-        P = self.proj(fourier_features(pos_BL3, self.n_freq)) + self.slot(slot_BL)      # (B, L, d)
+        P = self.proj(fourier_features(pos_BL3, self.n_freq))                          # (B, L, d)
+        if slot_BL is not None: P = P + self.slot(slot_BL)                               # siblings differ by their slot
         same = sid_L[:, None] == sid_L[None, :]                                          # (L, L)
         logits = (P @ P.transpose(1, 2) / math.sqrt(self.dim)).masked_fill(~same, float('-inf'))
         size = torch.bincount(sid_L)[sid_L].to(P.dtype)                                  # (L,) s_k of each query's scale
@@ -425,6 +442,6 @@ def model_flops(model: ScaleTransformer, training: bool = True) -> float:
     "Matmul FLOPs of one teacher-forced sequence of `model.L` tokens (x3 for a training step)."
     cfg, L = model.cfg, model.L
     matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    allowed_pairs = int(block_causal_mask(model.scales).sum())
+    allowed_pairs = int(model.mask.sum())
     fwd = 2 * matmul_params * L + 4 * cfg.d_model * cfg.n_layer * allowed_pairs
     return float(3 * fwd if training else fwd)

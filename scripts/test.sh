@@ -3,7 +3,7 @@
 # run the notebook tests (nbdev_test, skipping cells flagged slow/cuda/widgets) and pytest tests/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup_env.sh fast,dev,render
+scripts/setup_env.sh fast,dev,render,mesh
 V=${NSP_VENV:-.venv}/bin
 export PYTHONHASHSEED=0 MPLBACKEND=Agg NSP_PROGRESS=${NSP_PROGRESS:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

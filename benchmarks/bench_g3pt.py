@@ -1,0 +1,88 @@
+"""G3PT on the synthetic benchmark: the nano CQT tokenizer (two stages), its occupancy quality (IoU, CS-IoU,
+near-surface accuracy, mesh F@0.01 / Chamfer), codebook usage per scale, the tokenizer ablations at the same
+token budget and steps (CQT+LFQ, pooling+LFQ, single-scale LFQ, CQT+VQ), then the CAR generator: samples
+decoded to meshes, their surface points scored with compute_all_metrics against held-out shapes.
+
+    python benchmarks/bench_g3pt.py [--steps 600 1400] [--car-steps 800]        # -> results/g3pt_<device>.json
+    python benchmarks/bench_g3pt.py --ablations-only [--ablation-steps 200 400]  # -> results/g3pt_ablation_<device>.json
+"""
+from __future__ import annotations
+import argparse, time
+
+import numpy as np
+import torch
+
+from _common import print_table, save_results
+from nsp_explore.g3pt import G3PTTokenizer, evaluate_tokenizer, train_tokenizer, train_car
+from nsp_explore.generate import cache_tokens, generator_train_config, sample
+from nsp_explore.metrics import compute_all_metrics
+from nsp_explore.occupancy import OccupancyShapes, mesh_metrics
+from nsp_explore.train import TrainConfig
+
+
+def tokenizer_run(name, train, val, steps, lr, n_mesh=10, **kw):
+    torch.manual_seed(0)
+    tok = G3PTTokenizer('nano', **kw)
+    t = time.time()
+    tok, hists = train_tokenizer(tok, train, steps, train_cfg=TrainConfig.preset('nano', lr=lr, warmup_steps=50, log_every=50))
+    secs = time.time() - t
+    r = evaluate_tokenizer(tok, val)
+    row = dict(tokenizer=name, steps=f'{steps[0]}+{steps[1]}', train_s=round(secs, 1), iou=r['iou'], iou_uniform=r['iou_uniform'],
+               near_acc=r['near_acc'], cs_iou=r['cs_iou'], iou_per_scale=[round(v, 4) for v in r['iou_per_scale']],
+               usage_frac=[round(v, 4) for v in r['usage']['frac']], usage_of_possible=[round(v, 4) for v in r['usage']['of_possible']],
+               tokens=sum(tok.scales))
+    if n_mesh:
+        mm = []
+        for i in range(0, len(val), max(1, len(val) // n_mesh))[:n_mesh]:
+            it = val[i]
+            z = tok(it['points'][None], it['normals'][None]).z_hat
+            mm.append(mesh_metrics(tok.meshes(z, res=64)[0], val.mesh(i), n=10000, tau=0.01))
+        row.update(f_at_0_01=float(np.mean([m['f'] for m in mm])), chamfer_l1=float(np.mean([m['chamfer_l1'] for m in mm])),
+                   n_mesh=len(mm))
+    print({k: v for k, v in row.items()}, flush=True)
+    return tok, row
+
+
+def main(a):
+    torch.set_num_threads(1)
+    train = OccupancyShapes('train', n_points=256, n_queries=4096)
+    val = OccupancyShapes('val', n_points=256, n_queries=4096)
+    test = OccupancyShapes('test', n_points=256, n_queries=256, n_per_category=a.test_per_category)
+    rows, extra = [], {}
+    if a.ablations_only:
+        for name, kw in [('CQT + LFQ', {}), ('pooling + LFQ', dict(down='pool')),
+                         ('single-scale LFQ', dict(scales=(64,))), ('CQT + VQ', dict(quantizer='vq'))]:
+            rows.append(tokenizer_run(name, train, val, tuple(a.ablation_steps), a.lr, n_mesh=5, **kw)[1])
+            save_results('g3pt_ablation', rows, args=vars(a))
+        print_table([{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows], 'G3PT tokenizer ablations')
+        return
+    tok, row = tokenizer_run('CQT + LFQ (nano)', train, val, tuple(a.steps), a.lr)
+    rows.append(row)
+    save_results('g3pt', rows, args=vars(a))
+    torch.save(tok.state_dict(), a.save_tokenizer) if a.save_tokenizer else None
+    # the CAR generator on the main tokenizer
+    t = time.time()
+    seqs = cache_tokens(tok, train, teacher=True)
+    model, hist = train_car(tok, seqs, 'nano', generator_train_config('nano', steps=a.car_steps))
+    car_s = time.time() - t
+    t = time.time()
+    out = sample(model, tok, labels=test.all_points().new_tensor([int(test[i]['label']) for i in range(len(test))]).long(),
+                 top_k=None, top_p=0.95, seed=0)
+    refs = test.all_points()
+    m = compute_all_metrics(out['points'], refs, emd='auction')
+    extra = dict(car_train_s=round(car_s, 1), car_sample_s=round(time.time() - t, 1), car_last=hist.rows[-1],
+                 car_metrics=m, n_samples=len(refs))
+    print(extra, flush=True)
+    save_results('g3pt', rows, **extra, args=vars(a))
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser()
+    p.add_argument('--steps', type=int, nargs=2, default=[600, 1400])
+    p.add_argument('--ablation-steps', type=int, nargs=2, default=[200, 400])
+    p.add_argument('--car-steps', type=int, default=800)
+    p.add_argument('--lr', type=float, default=2e-3)
+    p.add_argument('--ablations-only', action='store_true')
+    p.add_argument('--test-per-category', type=int, default=5)
+    p.add_argument('--save-tokenizer', default='')
+    main(p.parse_args())
