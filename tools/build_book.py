@@ -38,6 +38,9 @@ REFERENCE = [('00_core', 'devices, seeds, progress bars, configs'),
              ('01_viz', 'the views every notebook draws with, and the offline report'),
              ('03_data', 'datasets, normalization, loaders'),
              ('08_train', 'the training loop shared by every model')]
+OTHERS = [('12_occupancy', 'occupancy fields: query pools, meshes, IoU and F-score'),
+          ('13_g3pt', 'G3PT: cross-scale querying tokens, lookup-free quantization, occupancy decoding'),
+          ('15_masked', 'SMART-3D: masked parallel decoding with linear attention')]
 EXTRA = [('architecture', 'how the package is put together: modules, tensors, invariants')]
 
 CSS = """
@@ -232,7 +235,7 @@ def page(title: str, body: str, here: str, order: list[tuple[str, str]], titles:
                              if n else '<span></span>')
     nav = lambda cls: f'<div class="nav {cls}">{link(prev, "←")}<a href="index.html#contents">contents</a>{link(nxt, "→")}</div>'
     side = ['<a href="index.html"><b>nsp_explore</b></a>']
-    for head, group in (('Learning path', PATH), ('Reference', REFERENCE), ('Also', EXTRA)):
+    for head, group in (('Learning path', PATH), ('Other paradigms', OTHERS), ('Reference', REFERENCE), ('Also', EXTRA)):
         side.append(f'<h4>{head}</h4>')
         for j, (n, _) in enumerate(group):
             num = f'{j + 1}. ' if group is PATH else ''
@@ -249,7 +252,8 @@ def contents_html(titles: dict, subs: dict, times: dict) -> str:
         return (f'<li><a href="{n}.html"><b>{html.escape(titles[n])}</b></a>{t}<br><span class="role">{html.escape(role)}'
                 f'{" - " + html.escape(subs[n]) if subs.get(n) else ""}</span></li>')
     return ('<h2 id="contents">Contents</h2><h3>The learning path: read in this order</h3><ol class="contents">'
-            + ''.join(li(n, r) for n, r in PATH) + '</ol><h3>Reference: look things up</h3><ul class="contents">'
+            + ''.join(li(n, r) for n, r in PATH) + '</ol><h3>Other paradigms, on the same data and metrics</h3><ul class="contents">'
+            + ''.join(li(n, r) for n, r in OTHERS) + '</ul><h3>Reference: look things up</h3><ul class="contents">'
             + ''.join(li(n, r) for n, r in REFERENCE) + '</ul><h3>Also</h3><ul class="contents">'
             + ''.join(li(n, r) for n, r in EXTRA) + '</ul>'
             '<p class="role">Each page is its notebook executed top to bottom on a CPU by <code>make docs</code>; '
@@ -270,9 +274,11 @@ def main(argv=None) -> int:
     from nsp_explore.viz import LAZY_PLOTLY_JS, plotly_js
     import nbformat
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    names = ['index'] + [n for n, _ in PATH + REFERENCE]
+    names = ['index'] + [n for n, _ in PATH + OTHERS + REFERENCE]
     missing = [n for n in names if not (NBS / f'{n}.ipynb').exists()]
     if missing: raise SystemExit(f'[book] missing notebooks: {missing}')
+    left_out = sorted(p.stem for p in NBS.glob('*.ipynb') if not p.stem.startswith('_') and p.stem not in names)
+    if left_out: raise SystemExit(f'[book] notebooks not in the book (add them to PATH, OTHERS or REFERENCE): {left_out}')
     only = {n for n in a.only.split(',') if n}
     run = [n for n in names if not only or n in only]
     t0 = time.perf_counter()
@@ -283,7 +289,7 @@ def main(argv=None) -> int:
         return n, nb, s
     # the longest notebooks first, so two workers finish together
     with ThreadPoolExecutor(max(1, a.workers)) as ex:
-        for n, nb, s in ex.map(job, sorted(run, key=lambda n: n not in ('11_tour', '10_generate', '08a_train_tokenizer'))):
+        for n, nb, s in ex.map(job, sorted(run, key=lambda n: n not in ('15_masked', '13_g3pt', '11_tour', '10_generate', '08a_train_tokenizer'))):
             done[n], times[n] = nb, s
     titles, subs = {}, {}
     for n in names:
@@ -295,7 +301,7 @@ def main(argv=None) -> int:
     arch = (NBS / 'architecture.md').read_text(encoding='utf-8')
     titles['architecture'] = next((l[2:] for l in arch.splitlines() if l.startswith('# ')), 'Architecture')
     short = {n: re.split(r'[:.]', t)[0] if n != 'index' else t for n, t in titles.items()}
-    order = [('index', '')] + PATH + REFERENCE + EXTRA
+    order = [('index', '')] + PATH + OTHERS + REFERENCE + EXTRA
     for n in names:
         body = render_cells(done[n], n)
         if n == 'index': body += contents_html(short, subs, times)
