@@ -18,9 +18,9 @@ from .train import CheckpointError, TrainConfig, fit, load_checkpoint
 
 # %% auto #0
 __all__ = ['GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config', 'train_generator',
-           'load_generator', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine', 'sample_logits',
-           'PrefixRecompute', 'scale_logits', 'sample', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete',
-           'completion_fig']
+           'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine',
+           'sample_logits', 'PrefixRecompute', 'scale_logits', 'sample', 'sampling_slider', 'token_map_fig',
+           'class_gallery', 'complete', 'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -155,6 +155,24 @@ def load_generator(path, map_location='cpu', ema: bool = True) -> ScaleTransform
     load_checkpoint(path, model)
     if ema and (ck.get('extra') or {}).get('ema') is not None: model.load_state_dict(ck['extra']['ema'])
     return model.to(map_location).eval()
+
+def load_pretrained(name: str = 'nano', map_location='cpu'):
+    """The shipped pretrained pair `(tokenizer, generator)`, in eval mode, from `data_samples/pretrained/`.
+    `tokenizer.info` / `generator.info` hold the record of how it was trained (command, seed, steps, device,
+    times: `scripts/train_pretrained.py` reproduces it) and its measured scores when present."""
+    import json
+    from nsp_explore.core import data_samples_dir
+    from nsp_explore.train_tokenizer import load_tokenizer
+    d = data_samples_dir() / 'pretrained'
+    tp, gp = d / f'{name}_tokenizer.pt', d / f'{name}_generator.pt'
+    if not (tp.exists() and gp.exists()):
+        have = sorted(p.name[:-len('_tokenizer.pt')] for p in d.glob('*_tokenizer.pt')) if d.is_dir() else []
+        raise FileNotFoundError(f"no pretrained pair {name!r} in {d}; available: {have or 'none'} "
+                                f"(train one with scripts/train_pretrained.py)")
+    tok, gen = load_tokenizer(tp, map_location), load_generator(gp, map_location)
+    info = json.loads((d / f'{name}.json').read_text()) if (d / f'{name}.json').exists() else {}
+    tok.info = gen.info = info
+    return tok, gen
 
 # %% ../nbs/10_generate.ipynb #f1b21632
 def apply_temperature(logits, temperature: float = 1.0):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train.ipynb #a9a1112f
 from __future__ import annotations
-import contextlib, copy, math, os, pickle, random, signal, sys, threading, time, warnings, zipfile
+import contextlib, copy, dataclasses, math, os, pickle, random, signal, sys, threading, time, warnings, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -247,7 +247,10 @@ def load_checkpoint(path, model: nn.Module | None = None, map_location='cpu', st
         mc = getattr(inner, 'cfg', None)
         if strict and mc is not None and hasattr(mc, 'to_dict') and ck.get('model_config') is not None:
             now, then = mc.to_dict(), ck['model_config']
-            diff = {k: (then.get(k), now.get(k)) for k in set(now) | set(then) if then.get(k) != now.get(k)}
+            # a field added to the config after the checkpoint was written counts as its default
+            default = {f.name: f.default for f in dataclasses.fields(mc) if f.default is not dataclasses.MISSING}
+            diff = {k: (then.get(k, default.get(k)), now.get(k)) for k in set(now) | set(then)
+                    if then.get(k, default.get(k)) != now.get(k)}
             if diff:
                 raise CheckpointError(f"checkpoint {str(path)!r} was written for a {ck['model_class']} with a different "
                                       f"config; (checkpoint, model) values: {dict(sorted(diff.items())[:6])}")

@@ -207,3 +207,34 @@ def test_gpu_suite_full_dry_run(tmp_path):
     rep = json.loads(out.read_text())
     assert all(s['error'] is None for s in rep['sections'].values())
     assert (tmp_path / 'pre' / 'nano_tokenizer.pt').exists()
+
+
+# ---- the shipped pretrained pair ---------------------------------------------------------------------------------
+def test_load_pretrained_nano_pair_samples_every_class():
+    from nsp_explore.generate import load_pretrained, sample
+    tok, gen = load_pretrained('nano')
+    assert not tok.training and not gen.training
+    assert tok.cfg.frame == 'global' and float(tok.norm_std) != 1.0            # it knows the frame of its data
+    info = tok.info
+    assert info['tokenizer_steps'] > 0 and info['generator_steps'] > 0 and len(info['categories']) == gen.n_classes
+    out = sample(gen, tok, labels=torch.arange(gen.n_classes), seed=0)
+    assert out['points'].shape == (gen.n_classes, tok.n_points, 3) and torch.isfinite(out['points']).all()
+    again = sample(gen, tok, labels=torch.arange(gen.n_classes), seed=0)
+    assert torch.equal(out['points'], again['points'])                            # deterministic under a seed
+    with pytest.raises(FileNotFoundError, match="available: \\['nano'\\]"): load_pretrained('huge')
+
+
+def test_checkpoints_from_before_a_config_field_was_added_still_load(tmp_path):
+    "A field added to a config later (e.g. learned_pos) counts as its default when an older checkpoint lacks it."
+    from nsp_explore.train import load_checkpoint, save_checkpoint
+    from nsp_explore.generate import load_generator
+    tok = ToyTokenizer((1, 4, 16), token_dim=8, codebook_size=16)
+    m = ScaleTransformer.for_tokenizer('nano', tok, 2)
+    save_checkpoint(tmp_path / 'g.pt', m)
+    ck = torch.load(tmp_path / 'g.pt', weights_only=True)
+    del ck['model_config']['learned_pos'], ck['model_config']['qk_norm']             # as written before those fields
+    torch.save(ck, tmp_path / 'old.pt')
+    assert load_generator(tmp_path / 'old.pt').cfg.learned_pos is False
+    ck['model_config']['d_model'] = 32                                               # a real difference still fails
+    torch.save(ck, tmp_path / 'bad.pt')
+    with pytest.raises(Exception, match='different'): load_checkpoint(tmp_path / 'bad.pt', m)

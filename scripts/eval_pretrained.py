@@ -1,0 +1,62 @@
+"""Score a pretrained pair per category, the literature's protocol: for each class, `--n` samples of that class
+against `--n` held-out test shapes of it (compute_all_metrics: MMD, COV, 1-NNA for CD and EMD), plus the
+tokenizer's ceiling (its reconstructions of validation shapes against the same test shapes, unpaired) and a
+mixed-class row. Writes benchmarks/results/pretrained_<name>_cpu.json and updates data_samples/pretrained/<name>.json.
+
+    python scripts/eval_pretrained.py --name nano --n 50
+"""
+from __future__ import annotations
+import argparse, json, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'benchmarks'))
+import torch
+
+from _common import print_table, save_results
+from nsp_explore.data import SyntheticShapes
+from nsp_explore.generate import load_pretrained, sample
+from nsp_explore.metrics import compute_all_metrics
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--name', default='nano')
+    ap.add_argument('--n', type=int, default=50, help='samples and test shapes per category')
+    ap.add_argument('--emd', default='exact', help="EMD solver of compute_all_metrics ('exact' at 256 points)")
+    a = ap.parse_args()
+    tok, gen = load_pretrained(a.name)
+    cats, N = tok.info.get('categories'), tok.n_points
+    train = SyntheticShapes('train', cats, None, n_points=N, resample=False)            # the training statistics
+    mean, std = train.normalizer.mean, train.normalizer.std
+    rows, t0 = [], time.time()
+    mixed_s, mixed_r = [], []
+    for c, cat in enumerate(cats):
+        test = SyntheticShapes('test', [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
+        val = SyntheticShapes('val', [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
+        refs = torch.stack([test[i]['points'] for i in range(len(test))])
+        smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c)['points']
+        with torch.no_grad(): rec = tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
+        ref_m = None
+        for kind, X in (('samples', smp), ('tokenizer_recon', rec)):
+            m = compute_all_metrics(X, refs, mean, std, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
+            ref_m = m.pop('matrices')                                  # the test-vs-test distances are computed once
+            rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), 4) for k, v in m.items()
+                                                                 if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k}))
+        mixed_s.append(smp[: max(1, a.n // len(cats) * 2)]); mixed_r.append(refs[: max(1, a.n // len(cats) * 2)])
+        print(f'{cat}: done ({time.time() - t0:.0f} s)', flush=True)
+    m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, emd=a.emd, jsd=False)
+    rows.append(dict(category='mixed', kind='samples', n=len(torch.cat(mixed_s)),
+                     **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k}))
+    for kind in ('samples', 'tokenizer_recon'):
+        sel = [r for r in rows if r['kind'] == kind and r['category'] != 'mixed']
+        rows.append(dict(category='mean per category', kind=kind, n=a.n,
+                         **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD'))}))
+    print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
+    save_results(f'pretrained_{a.name}', rows, n_per_category=a.n, emd=a.emd, eval_s=time.time() - t0, info=tok.info)
+    p = ROOT / 'data_samples' / 'pretrained' / f'{a.name}.json'
+    rec = json.loads(p.read_text()); rec['scores'] = rows; p.write_text(json.dumps(rec, indent=2, default=str))
+
+
+if __name__ == '__main__':
+    main()
