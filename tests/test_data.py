@@ -300,5 +300,8 @@ def test_make_samples_regenerates_byte_for_byte(tmp_path):
 
 
 def test_data_samples_small():
-    total = sum(p.stat().st_size for p in data_samples_dir().rglob('*') if p.is_file())
-    assert total < 8e6
+    "The shipped data stays small: ~6.1 MB of shapes and PC15k samples, plus the 2.3 MB pretrained nano pair."
+    files = [p for p in data_samples_dir().rglob('*') if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    pretrained = sum(p.stat().st_size for p in files if 'pretrained' in p.parts)
+    assert total - pretrained < 8e6 and pretrained < 3e6, (total, pretrained)
