@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .core import Config, check_cloud, default_device, progress, to_numpy
 from .lod import fps_order
+from .tokenizer import incremental_teacher_inputs
 from .quantize import LookupFreeQuantizer, VectorQuantizer
 from .shapes import sample_surface
 from .train import TrainConfig, fit
@@ -337,12 +338,7 @@ class G3PTTokenizer(nn.Module):
     @torch.no_grad()
     def teacher_inputs(self, indices: list) -> list:
         "Teacher forcing: [(feat, None, None) for k = 0..K-2] from ground-truth tokens."
-        if len(indices) != self.K: raise ValueError(f"teacher_inputs needs {self.K} scales of tokens, got {len(indices)}")
-        st, out = self.start_state(indices[0].shape[0], indices[0].device), []
-        for k, idx in enumerate(indices[:-1]):
-            self.add_scale(st, k, idx)
-            out.append(self.next_scale_inputs(st, k))
-        return out
+        return incremental_teacher_inputs(self, indices)
 
     @torch.no_grad()
     def z_from_indices(self, indices: list) -> list:

@@ -19,8 +19,8 @@ from .quantize import ResidualMultiScaleQuantizer
 
 # %% auto #0
 __all__ = ['TokenizerConfig', 'fourier_features', 'leaf_pool', 'mlp', 'knn_index', 'gather_rows', 'EdgeConv', 'tree_ancestors',
-           'LeafEncoder', 'StructureDecoder', 'LeafExpansion', 'TokenizerOut', 'TokenizerState', 'fp32',
-           'PointNSPTokenizer']
+           'LeafEncoder', 'StructureDecoder', 'LeafExpansion', 'TokenizerOut', 'TokenizerState',
+           'incremental_teacher_inputs', 'fp32', 'PointNSPTokenizer']
 
 # %% ../nbs/07_tokenizer.ipynb #040d5594
 @dataclass
@@ -225,6 +225,16 @@ class TokenizerState:
     def n_scales(self) -> int: return len(self.indices)
 
 # %% ../nbs/07_tokenizer.ipynb #c734b789
+def incremental_teacher_inputs(tokenizer, indices: list) -> list:
+    """Teacher forcing through the incremental API of any next-scale tokenizer: add the true tokens scale by scale
+    and collect `next_scale_inputs` after each, `[(feat, pos, slot) for k = 0..K-2]` (the sampler's very path)."""
+    if len(indices) != tokenizer.K: raise ValueError(f"teacher_inputs needs {tokenizer.K} scales of tokens, got {len(indices)}")
+    st, out = tokenizer.start_state(indices[0].shape[0], indices[0].device), []
+    for k, idx in enumerate(indices[:-1]):
+        tokenizer.add_scale(st, k, idx)
+        out.append(tokenizer.next_scale_inputs(st, k))
+    return out
+
 def fp32(method):
     """Run a tokenizer method with autocast off. Geometry needs float32: bf16 keeps 8 mantissa bits, so a
     coordinate near 1 is resolved to ~4e-3 and Chamfer distances of good reconstructions (~1e-3) drown in
@@ -381,12 +391,7 @@ class PointNSPTokenizer(nn.Module):
     @fp32
     def teacher_inputs(self, indices: list) -> list:
         "Teacher forcing: [(feat, parent_pos, slot) for k = 0..K-2] from ground-truth tokens (no gradients)."
-        if len(indices) != self.K: raise ValueError(f"teacher_inputs needs {self.K} scales of tokens, got {len(indices)}")
-        st, out = self.start_state(indices[0].shape[0], indices[0].device), []
-        for k, idx in enumerate(indices[:-1]):
-            self.add_scale(st, k, idx)
-            out.append(self.next_scale_inputs(st, k))
-        return out
+        return incremental_teacher_inputs(self, indices)
 
     # ---- the frame of the training data ---------------------------------------------------------
     def set_frame(self, normalizer) -> 'PointNSPTokenizer':
