@@ -21,7 +21,7 @@ from .train import CheckpointError, TrainConfig, check_state_dict, fit, load_che
 # %% auto #0
 __all__ = ['TOKENIZER_TRAIN', 'tokenizer_datasets', 'tokenizer_loss', 'tokenizer_train_config', 'train_tokenizer',
            'load_tokenizer', 'evaluate_tokenizer', 'codebook_usage', 'reconstruction_slider', 'token_map_fig',
-           'usage_fig']
+           'usage_fig', 'scale_errors', 'decoded_structure_fig']
 
 # %% ../nbs/08a_train_tokenizer.ipynb #9bdc4af0
 def tokenizer_datasets(cfg: TokenizerConfig | str = 'nano', n_train: int | None = None, n_val: int | None = None,
@@ -202,3 +202,30 @@ def usage_fig(usage: dict, scales=None):
     labels = [f's={s}' for s in scales] if scales is not None else [f'scale {k + 1}' for k in range(len(per))]
     return bar_fig(per + [usage['overall']], labels=labels + ['any scale'], title='codebook usage',
                    ylabel='fraction of codes used')
+
+# %% ../nbs/08a_train_tokenizer.ipynb #c035c548
+@torch.no_grad()
+def scale_errors(out) -> list[torch.Tensor]:
+    """Per-point errors of a tokenizer forward pass: for every scale, the distance `(B, s_k)` from each decoded
+    point of `X̂_k` to the nearest true point of `X_k`, and last the same for `x̂` against the input."""
+    pairs = list(zip(out.scale_points, out.target_scale_points)) + [(out.x_hat, out.x_tree)]
+    return [torch.cdist(p.float(), t.float()).min(-1).values for p, t in pairs]
+
+@torch.no_grad()
+def decoded_structure_fig(model, points_BN3, names=None, cmax: float | None = None):
+    "Grid (rows: clouds, columns: scales + final) of the decoded `X̂_k` coloured by `scale_errors`."
+    was = model.training; model.eval()
+    out = model(torch.as_tensor(points_BN3, dtype=torch.float32).to(next(model.parameters()).device))
+    model.train(was)
+    errs = scale_errors(out)
+    decoded = list(out.scale_points) + [out.x_hat]
+    cols = len(decoded)
+    names = names or [f'shape {i}' for i in range(len(points_BN3))]
+    cmax = cmax or float(torch.cat([e.flatten() for e in errs]).quantile(0.95))
+    clouds, colors, titles = [], [], []
+    for i in range(len(points_BN3)):
+        for k, (p, e) in enumerate(zip(decoded, errs)):
+            clouds.append(p[i].cpu()); colors.append(e[i].clamp(max=cmax).cpu())
+            what = f'X̂_{k + 1} ({p.shape[1]})' if k < cols - 1 else f'x̂ ({p.shape[1]})'
+            titles.append(f'{names[i]}: {what}, err {float(e[i].mean()):.3f}')
+    return cloud_grid(clouds, titles=titles, colors=colors, cols=cols, size=3.0, height_per_row=230)
