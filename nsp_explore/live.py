@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_live.ipynb #5d0bc05d
 from __future__ import annotations
-import base64, html, importlib.util, io, json, os, uuid
+import base64, contextlib, html, importlib.util, io, json, os, sys, uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -337,12 +337,21 @@ def _css_rgb(c: str) -> tuple[int, int, int]:
     h, s, l = [float(v.strip(' %')) for v in c[4:-1].split(',')]
     return tuple(int(round(255 * x)) for x in colorsys.hls_to_rgb(h / 360, l / 100, s / 100))
 
+def _quiet_headless():
+    "No display (Linux without DISPLAY): VTK warns 'bad X server connection' before it falls back to EGL/OSMesa; hush it."
+    if os.name == 'posix' and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        try:
+            from vtkmodules.vtkCommonCore import vtkLogger
+            vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_ERROR)
+        except ImportError: pass
+
 def scene_png(scene: Scene, k: int = -1, color_by: str | None = None, window_size=(500, 420), path=None,
               background: str = 'white') -> bytes:
     "Render layer `k` of `scene` off-screen with pyvista; PNG bytes (written to `path` if given). Raises `RenderUnavailable`."
     ok, msg = pyvista_status()
     if not ok: raise RenderUnavailable(msg)
     import pyvista as pv
+    _quiet_headless()
     try:
         pl = pv.Plotter(off_screen=True, window_size=list(window_size))
         _add_layer(pl, scene, k, scene.color_by if color_by is None else color_by)
@@ -376,7 +385,9 @@ class LivePlotter:
     "A pyvista plotter showing one layer of a scene at a time, with slider / plane / checkbox widgets (see `live_plotter`)."
     def __init__(self, scene: Scene, off_screen: bool | None = None, window_size=(700, 480), widgets: bool = True):
         import pyvista as pv
+        _quiet_headless()
         self.scene, self.k, self.color_by, self.clip_on = scene, len(scene) - 1, scene.color_by, False
+        self.on_render = None            # live_view sets it to the trame view's update (a change made from Python shows)
         lo, hi = scene.bounds()
         self.plane = dict(normal=(1.0, 0.0, 0.0), origin=tuple(float(v) for v in (lo + hi) / 2))
         self.pl = pv.Plotter(off_screen=off_screen, window_size=list(window_size))
@@ -384,10 +395,11 @@ class LivePlotter:
         self.actor = _add_layer(self.pl, scene, self.k, self.color_by)
         self.pl.camera_position = 'iso'; self.pl.reset_camera()
         self.title = self.pl.add_text(scene.layers[self.k]['name'], font_size=10, color='black', name='title')
+        self.slider = None
         if widgets:
             if len(scene) > 1:
-                self.pl.add_slider_widget(lambda v: self.set_scale(int(round(v))), rng=[0, len(scene) - 1], value=self.k,
-                                          title='scale', fmt='%.0f', style='modern', pointa=(0.55, 0.92), pointb=(0.95, 0.92))
+                self.slider = self.pl.add_slider_widget(lambda v: self.set_scale(int(round(v))), rng=[0, len(scene) - 1], value=self.k,
+                                          title='scale', fmt='%.0f', style='modern', pointa=(0.5, 0.1), pointb=(0.95, 0.1))
             self.pl.add_plane_widget(self._plane_moved, normal='x', origin=self.plane['origin'],
                                      bounds=[v for pair in zip(lo, hi) for v in pair], implicit=True, color='gray')
             self.pl.add_checkbox_button_widget(self.set_clip, value=False, position=(10, 10), size=30, color_on='#d62728')
@@ -403,14 +415,20 @@ class LivePlotter:
 
     def _plane_moved(self, normal, origin):
         self.plane = dict(normal=tuple(float(v) for v in normal), origin=tuple(float(v) for v in origin))
-        self._apply_clip(); self.pl.render()
+        self._apply_clip(); self._render()
+
+    def _render(self):
+        self.pl.render()
+        if callable(self.on_render): self.on_render()
 
     def set_scale(self, k: int):
         "Show layer k (the slider's job)."
         self.k = int(k) % len(self.scene)
         self.actor = _add_layer(self.pl, self.scene, self.k, self.color_by)
         self.title.SetText(2, self.scene.layers[self.k]['name'])
-        self._apply_clip(); self.pl.render(); return self
+        if self.slider is not None and round(self.slider.GetRepresentation().GetValue()) != self.k:
+            self.slider.GetRepresentation().SetValue(self.k)          # set from Python: move the slider too
+        self._apply_clip(); self._render(); return self
 
     def set_color(self, name: str | None):
         "Colour by scalar `name` ('solid' or None: one colour)."
@@ -423,7 +441,7 @@ class LivePlotter:
         self.clip_on = bool(on)
         if normal is not None: self.plane['normal'] = tuple(float(v) for v in normal)
         if origin is not None: self.plane['origin'] = tuple(float(v) for v in origin)
-        self._apply_clip(); self.pl.render(); return self
+        self._apply_clip(); self._render(); return self
 
     def screenshot(self) -> np.ndarray:
         "(H, W, 3) uint8 of what the plotter shows now."
@@ -435,6 +453,18 @@ def live_plotter(scene: Scene, off_screen: bool | None = None, **kw) -> LivePlot
     if not ok: raise RenderUnavailable(msg)
     return LivePlotter(scene, off_screen=off_screen, **kw)
 
+@contextlib.contextmanager
+def _no_wasm_download():
+    """trame-pyvista starts trame-vtklocal when it is installed (it is a dependency), and that downloads VTK.wasm from
+    the web when the server starts (an error in an offline classroom). The live view renders on the kernel's side and
+    needs no wasm: hide the module while the server starts."""
+    key, had = 'trame.widgets.vtklocal', 'trame.widgets.vtklocal' in sys.modules
+    old, sys.modules[key] = sys.modules.get(key), None
+    try: yield
+    finally:
+        if had: sys.modules[key] = old
+        else: sys.modules.pop(key, None)
+
 def live_view(scene: Scene, window_size=(700, 480)):
     """The scene live in JupyterLab (pyvista + trame, with a colour menu); where trame, pyvista or a kernel is
     missing: a message and a still picture (pyvista off-screen), or the offline WebGL viewer (no extra needed)."""
@@ -442,13 +472,11 @@ def live_view(scene: Scene, window_size=(700, 480)):
     if ok:
         import ipywidgets as W
         lp = live_plotter(scene, window_size=window_size)
-        view = lp.pl.show(jupyter_backend='trame', return_viewer=True)
+        with _no_wasm_download():
+            view = lp.pl.show(jupyter_backend='trame', return_viewer=True, jupyter_kwargs=dict(collapse_menu=True))
+        lp.on_render = getattr(getattr(view, 'viewer', None), 'update', None)
         menu = W.Dropdown(options=['solid'] + scene.scalar_names, value=scene.color_by or 'solid', description='colour')
-        def recolor(ch):
-            lp.set_color(ch['new'])
-            upd = getattr(getattr(view, 'viewer', None), 'update', None)
-            if callable(upd): upd()
-        menu.observe(recolor, names='value')
+        menu.observe(lambda ch: lp.set_color(ch['new']), names='value')
         box = W.VBox([menu, view]); box.plotter = lp
         return box
     print(f'{msg}.')

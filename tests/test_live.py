@@ -161,6 +161,7 @@ def test_live_plotter_widgets_off_screen():
         lp.set_clip(True, normal=(1, 0, 0), origin=(0, 0, 0))          # half the cube away
         half = ink(lp.screenshot())
         lp.set_scale(1).set_scale(2)                                    # the clip survives the slider
+        assert round(lp.slider.GetRepresentation().GetValue()) == 2
         assert lp.actor.GetMapper().GetNumberOfClippingPlanes() == 1
         lp.set_clip(False)
         assert lp.actor.GetMapper().GetNumberOfClippingPlanes() == 0 and abs(ink(lp.screenshot()) - full) < 0.05 * full
