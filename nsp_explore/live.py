@@ -216,7 +216,7 @@ function draw(el){
   if (!el._nspLayer) upload(el);
   var l = el._nspLayer, w = G.cv.width, h = G.cv.height, c = s.center, R = s.radius;
   gl.viewport(0, 0, w, h); gl.clearColor(1, 1, 1, 1); gl.enable(gl.DEPTH_TEST); gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
-  var fov = 0.5, dist = st.zoom * R / Math.sin(fov / 2) * 1.05, near = Math.max(dist - 2 * R, dist * 0.01), farz = dist + 2 * R;
+  var fov = 0.5, dist = st.zoom * R / Math.sin(fov / 2) * 0.9, near = Math.max(dist - 2 * R, dist * 0.01), farz = dist + 2 * R;
   var f = 1 / Math.tan(fov / 2), a = w / h;
   var P = new Float32Array([f * Math.min(1, 1 / a), 0, 0, 0,  0, f * Math.min(1, a), 0, 0,
                             0, 0, (farz + near) / (near - farz), -1,  0, 0, 2 * farz * near / (near - farz), 0]);

@@ -7,7 +7,8 @@ ipywidgets), playwright and the system Chromium; pyvista renders in the kernel o
 display). It starts JupyterLab on a scratch notebook with per-scale meshes, runs the cells in Chromium and
 checks that (1) the trame view appears with the colour menu and shows the mesh (coloured pixels),
 (2) dragging the mouse over the view turns the mesh (the picture changes), (3) the scale slider's job
-(`set_scale`, run from a second cell) and the colour menu change the picture.
+(`set_scale`, run from a second cell) and the colour menu change the picture, (4) the offline WebGL viewer
+(a `Scene` as a cell's output, no trame) draws in the notebook too.
 Screenshots and a summary go to --out. Exit status 0 only when all hold.
 """
 import argparse, io, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
@@ -22,7 +23,8 @@ ms = [trimesh.creation.icosphere(subdivisions=k, radius=0.5) for k in (1, 2, 4)]
 ms = [trimesh.Trimesh(m.vertices * [1, 0.7, 0.5], m.faces) for m in ms]
 w = live_view(Scene.from_meshes(ms, titles=[f'{len(m.faces)} faces' for m in ms],
                                 scalars={'height': [m.vertices[:, 1] for m in ms]}), window_size=(600, 420))
-w""", "w.plotter.set_scale(0); w.plotter.k"]
+w""", "w.plotter.set_scale(0); w.plotter.k",
+         "Scene.from_meshes(ms, scalars={'height': [m.vertices[:, 1] for m in ms]})   # the offline viewer, no trame"]
 
 
 def diff(a: bytes, b: bytes) -> int:
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
                             f'--ServerApp.token={token}', f'--ServerApp.root_dir={work}', '--ServerApp.ip=127.0.0.1',
                             '--LabApp.news_url=', '--allow-root'],
                            env=env, stdout=open(out / 'lab.log', 'w'), stderr=subprocess.STDOUT)
-    result = dict(view=False, pixels=0, drag_turns=0, scale_changes=0, colour_changes=0, errors=[])
+    result = dict(view=False, pixels=0, drag_turns=0, scale_changes=0, colour_changes=0, offline_scene_pixels=0, errors=[])
     try:
         base = f'http://127.0.0.1:{port}'
         for _ in range(120):
@@ -105,6 +107,17 @@ def main(argv=None) -> int:
             page.wait_for_timeout(4000)
             s3 = shot(); (out / 'live_3_scale0.png').write_bytes(s3)
             result['scale_changes'] = diff(s2, s3)
+            page.locator('.jp-Cell .cm-content').nth(2).click()             # the offline WebGL viewer as a cell output
+            page.keyboard.press('Shift+Enter')
+            try:
+                page.wait_for_function("() => { const el = document.querySelector('.jp-OutputArea div[data-nsp-scene]');"
+                                       " return el && el._nspLive && +(el.dataset.nspDrawn || 0) > 0; }", timeout=60_000)
+                sc = page.locator('.jp-OutputArea div[data-nsp-scene]').first
+                sc.scroll_into_view_if_needed(); page.wait_for_timeout(500)
+                s4 = sc.screenshot(); (out / 'offline_scene.png').write_bytes(s4)
+                result['offline_scene_pixels'] = coloured(s4)
+            except Exception as e:
+                result['offline_scene_pixels'] = 0; result['errors'].append(f'offline scene: {e}'[:300])
             page.screenshot(path=str(out / 'lab.png'))
             result['stderr'] = [t[-3000:] for t in page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_text_contents()]
             b.close()
@@ -116,7 +129,7 @@ def main(argv=None) -> int:
     fetched = result['network']
     (out / 'summary.json').write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    ok = not fetched and result['view'] and result['pixels'] > 1000 and min(result['drag_turns'], result['colour_changes'], result['scale_changes']) > 2000
+    ok = not fetched and result['view'] and result['offline_scene_pixels'] > 1000 and result['pixels'] > 1000 and min(result['drag_turns'], result['colour_changes'], result['scale_changes']) > 2000
     print(f'[live] {"OK" if ok else "FAILED"}: screenshots and summary in {out}')
     return 0 if ok else 1
 
