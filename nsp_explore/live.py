@@ -15,7 +15,7 @@ from .viz import RenderUnavailable, pyvista_status
 
 # %% auto #0
 __all__ = ['SCENE_JS', 'LIVE_EXTRA', 'Scene', 'scene_spec', 'scene_html', 'add_scene', 'to_pyvista', 'scene_png', 'live_status',
-           'LivePlotter', 'live_plotter', 'live_view', 'cloud_view', 'mesh_view']
+           'LivePlotter', 'live_plotter', 'live_view', 'cloud_view', 'mesh_view', 'sample_scene']
 
 # %% ../nbs/01a_live.ipynb #ca052052
 def _points(p, what='points') -> np.ndarray:
@@ -494,3 +494,19 @@ def cloud_view(clouds: Sequence, titles: Sequence[str] | None = None, scalars: d
 def mesh_view(meshes: Sequence, titles: Sequence[str] | None = None, scalars: dict | None = None, **kw):
     "`live_view` of one layer per mesh (the per-scale meshes of an occupancy model); `kw` go to `Scene`."
     return live_view(Scene.from_meshes(meshes, titles, scalars, **kw))
+
+# %% ../nbs/01a_live.ipynb #6eea3b08
+def sample_scene(out: dict, i: int = 0, title: str | None = None, **kw) -> Scene:
+    """Sample `i` of a sampler's output `dict(points (B, N, 3), scale_points list[(B, s_k, 3)], indices list[(B, s_k)])`
+    as a scene: one layer per scale, then the decoded cloud; scalars 'token id' (the decoded points get their leaf's
+    token) and 'height' (y)."""
+    layers = [p[i] for p in out['scale_points']] + [out['points'][i]]
+    n_scales = len(out['scale_points'])
+    titles = [f'scale {k + 1}: {len(p)} points' for k, p in enumerate(layers[:-1])] + [f'decoded: {len(layers[-1])} points']
+    scalars = {'height': [to_numpy(p)[:, 1] for p in layers]}
+    if out.get('indices') is not None and len(out['indices']) == n_scales:
+        ids = [to_numpy(ix[i]).reshape(-1) for ix in out['indices']]
+        ids.append(np.repeat(ids[-1], len(layers[-1]) // max(len(ids[-1]), 1)))
+        if len(ids[-1]) == len(layers[-1]):
+            scalars['token id'] = ids; kw.setdefault('categorical', ['token id'])
+    return Scene.from_clouds(layers, titles=titles, scalars=scalars, title=title, **kw)

@@ -181,3 +181,21 @@ def test_live_view_outside_a_kernel_says_why_and_shows_a_picture(capsys):
     from IPython.display import Image
     assert isinstance(out, (Image, Scene))
     if isinstance(out, Image): assert ink(png_array(out.data)) > 50
+
+
+def test_sample_scene_layers_and_token_ids():
+    "A sampler's output (scales 1, 4, 16 and 64 decoded points): one layer per scale + the decoded cloud, leaf tokens repeated."
+    g = torch.Generator().manual_seed(3)
+    B, scales, N = 2, (1, 4, 16), 64
+    out = dict(points=torch.randn(B, N, 3, generator=g), scale_points=[torch.randn(B, s, 3, generator=g) for s in scales],
+               indices=[torch.randint(0, 50, (B, s), generator=g) for s in scales])
+    s = live.sample_scene(out, i=1)
+    assert [len(l['points']) for l in s.layers] == [1, 4, 16, 64]
+    np.testing.assert_array_equal(s.layers[2]['points'], out['scale_points'][2][1].numpy())
+    np.testing.assert_array_equal(s.layers[3]['points'], out['points'][1].numpy())
+    tok = s.layers[3]['scalars']['token id']
+    for j in range(64): assert tok[j] == out['indices'][-1][1, j // 4]      # decoded point j comes from leaf j // 4
+    np.testing.assert_array_equal(s.layers[1]['scalars']['height'], out['scale_points'][1][1, :, 1].numpy())
+    assert s.categorical == ['token id']
+    no_ids = live.sample_scene({k: v for k, v in out.items() if k != 'indices'})
+    assert no_ids.scalar_names == ['height']
