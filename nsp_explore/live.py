@@ -191,7 +191,8 @@ function make(el){
   gl.linkProgram(pr); gl.useProgram(pr);
   el._nspGL = {gl: gl, pr: pr, cv: cv, buf: {p: gl.createBuffer(), n: gl.createBuffer(), c: gl.createBuffer(), f: gl.createBuffer()}};
   el._nspLayer = null; el._nspLive = true; live.push(el); el.classList.remove('nsp-idle');
-  cv.addEventListener('webglcontextlost', function(e){ e.preventDefault(); if (el._nspLive) release(el); });
+  cv.addEventListener('webglcontextlost', function(e){ e.preventDefault();     /* only this canvas: a released one fires later */
+    if (el._nspLive && el._nspGL && el._nspGL.cv === cv) release(el); });
   var st = el._nspState, drag = null;
   cv.addEventListener('pointerdown', function(e){ drag = [e.clientX, e.clientY]; cv.setPointerCapture(e.pointerId); });
   cv.addEventListener('pointermove', function(e){ if (!drag) return; st.yaw += (e.clientX - drag[0]) * 0.01;
@@ -251,7 +252,7 @@ var away = new IntersectionObserver(function(es){ es.forEach(function(e){ if (!e
 function scan(){ document.querySelectorAll('div[data-nsp-scene]').forEach(function(el){
   if (el._nspSeen) return; el._nspSeen = true; try { controls(el); } catch (e) { console.error('nsp scene:', e); return; }
   near.observe(el); away.observe(el); }); }
-window.nspScenes = {scan: scan, make: make, drop: drop, live: function(){ return live.slice(); }, MAX: MAX_SCENES};
+window.nspScenes = {scan: scan, make: make, drop: drop, draw: draw, live: function(){ return live.slice(); }, MAX: MAX_SCENES};
 if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', scan); else scan();
 })();
 """

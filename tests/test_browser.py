@@ -331,3 +331,17 @@ def test_real_pages_every_scene_draws(browser, path):
     assert not r['blank'], f"{path.name}: scenes blank while on screen: {r['blank']}"
     assert not r['errors'], f'{path.name}: {r["errors"]}'
     assert r['max_live'] <= 4
+
+
+def test_scene_made_again_right_after_release_stays_live(browser, scene_page):
+    "Releasing loses the old context; its late 'webglcontextlost' event must not release the scene made again meanwhile."
+    page = browser.new_page(viewport=VIEW)
+    page.goto(scene_page.resolve().as_uri())
+    el = page.locator('div[data-nsp-scene]').nth(1)
+    el.evaluate("el => el.scrollIntoView({block: 'center'})")
+    page.wait_for_function("el => el._nspLive === true", arg=el.element_handle(), timeout=60_000)
+    el.evaluate("el => { window.nspScenes.drop(el); window.nspScenes.make(el); }")
+    page.wait_for_timeout(800)                                  # the old canvas's lost event has fired by now
+    assert el.evaluate("el => el._nspLive === true && el._nspGL !== null && !el._nspGL.gl.isContextLost()")
+    assert scene_ink(page, el) > 200
+    page.close()
