@@ -47,6 +47,8 @@ class Scene:
         for i, l in enumerate(layers):
             pts = _points(l['points'], f'layer {i} points') if len(to_numpy(l['points'])) else np.zeros((0, 3), np.float32)
             faces = None if l.get('faces') is None else to_numpy(l['faces']).astype(np.int64).reshape(-1, 3)
+            if faces is not None and len(faces) and (faces.min() < 0 or faces.max() >= len(pts)):
+                raise ValueError(f"layer {i}: faces index vertices 0..{len(pts) - 1}, got {faces.min()}..{faces.max()}")
             sc = {}
             for name, v in (l.get('scalars') or {}).items():
                 v = to_numpy(v).astype(np.float32).reshape(-1)

@@ -199,3 +199,15 @@ def test_sample_scene_layers_and_token_ids():
     assert s.categorical == ['token id']
     no_ids = live.sample_scene({k: v for k, v in out.items() if k != 'indices'})
     assert no_ids.scalar_names == ['height']
+
+
+@needs_pv
+def test_pyvista_polydata_in_and_out():
+    import pyvista as pv
+    sph = pv.Sphere(theta_resolution=8, phi_resolution=6)
+    s = Scene.from_meshes([sph, (sph.points, sph.regular_faces)])
+    np.testing.assert_array_equal(s.layers[0]['faces'], s.layers[1]['faces'])
+    back = live.to_pyvista(s, 0)
+    assert back.n_points == sph.n_points and back.n_cells == sph.n_cells
+    with pytest.raises(ValueError, match='layer 0: faces index'):
+        Scene([dict(points=np.zeros((3, 3)), faces=np.array([[0, 1, 7]]))])
