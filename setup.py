@@ -18,9 +18,12 @@ extras = {
     'render': ['pyvista>=0.42'],              # publication renders, off-screen PNG
     'lab': ['jupyterlab>=4', 'ipywidgets>=8', 'anywidget>=0.9', 'fastcore<2'],  # FigureWidget needs anywidget (plotly>=6); notebooks import fastcore.test
     'mesh': cfg.get('mesh_requirements', 'scikit-image>=0.21').split(),   # marching cubes (occupancy.extract_mesh)
+    # live 3-D views in JupyterLab (nsp_explore.live.live_view): pyvista renders in the kernel, trame streams it;
+    # pyvista >= 0.48 moved its trame backend into trame-pyvista. The offline scenes need none of this.
+    'live': ['pyvista>=0.48', 'trame>=3', 'trame-vtk>=2.8', 'trame-vuetify>=2.7', 'trame-pyvista>=0.2', 'ipywidgets>=8'],
     'dev': cfg.get('dev_requirements', '').split(),
 }
-extras['all'] = sorted({r for k in ('fast', 'render', 'lab', 'mesh', 'dev') for r in extras[k]})
+extras['all'] = sorted({r for k in ('fast', 'render', 'lab', 'live', 'mesh', 'dev') for r in extras[k]})
 
 sample_files = [str(p.relative_to(here / 'data_samples')) for p in (here / 'data_samples').rglob('*')
                 if p.is_file() and '__pycache__' not in p.parts]

@@ -203,3 +203,145 @@ def test_real_pages_every_figure_visible(browser, path):
     assert not r['blank'], f"{path.name}: figures blank while on screen: {r['blank']}"
     assert not r['errors'], f'{path.name}: {r["errors"]}'
     assert r['checked'] == r['n'], r
+
+
+# ---- live 3-D scenes (nsp_explore.live): the offline WebGL viewer --------------------------------------
+
+def scene_ink(page, el) -> int:
+    "Pixels of a scene's drawing box that differ from its white background (0 when no canvas is drawn)."
+    box = el.evaluate("el => { const r = el._nspBox.getBoundingClientRect(); return {x: r.left, y: r.top, width: r.width, height: r.height}; }")
+    return int((_rgb(page.screenshot(clip=box)) < 225).any(-1).sum())
+
+
+def scene_figures():
+    "6 point scenes (3 scales each) and 4 mesh scenes (3 meshes each), with scalars."
+    import trimesh
+    from nsp_explore.live import Scene
+    g = np.random.default_rng(0)
+    scenes = []
+    for i in range(10):
+        if i % 5 in (1, 3):
+            ms = [trimesh.creation.icosphere(subdivisions=k + 1, radius=0.4) for k in range(3)]
+            ms = [trimesh.Trimesh(m.vertices * [1, 0.6 + 0.1 * i, 0.8], m.faces) for m in ms]
+            scenes.append(Scene.from_meshes(ms, scalars={'z': [m.vertices[:, 2] for m in ms]}, title=f'mesh scene {i}'))
+        else:
+            base = g.normal(size=(1024, 3)).astype(np.float32) * [1, 0.4 + 0.05 * i, 0.3]
+            cl = [base[:n] for n in (16, 128, 1024)]
+            scenes.append(Scene.from_clouds(cl, scalars={'x': [c[:, 0] for c in cl], 'id': [np.arange(len(c)) % 7 for c in cl]},
+                                            categorical=['id'], title=f'cloud scene {i}'))
+    return scenes
+
+
+@pytest.fixture(scope='module')
+def scene_page(tmp_path_factory):
+    "A report of 10 scenes interleaved with 8 plotly 3-D figures: 18 WebGL users on one page."
+    from nsp_explore.live import add_scene
+    d = tmp_path_factory.mktemp('scenes')
+    rep, figs = viz.Report('scenes'), crowded_figures()
+    for i, s in enumerate(scene_figures()):
+        add_scene(rep.heading(f'scene {i}'), s, caption='drag to turn')
+        if i < 8: rep.figure(figs[i], caption='plotly')
+    return rep.save(d / 'scenes.html')
+
+
+def check_scenes(browser, path: Path) -> dict:
+    "Scroll each scene into view; {'n', 'blank': [i], 'max_live', 'errors'}."
+    page = browser.new_page(viewport=VIEW)
+    page.add_init_script(_RECORD_GL)
+    errors = []
+    page.on('pageerror', lambda e: errors.append(f'pageerror: {e}'))
+    page.on('console', lambda m: errors.append(f'console {m.type}: {m.text}')
+            if m.type == 'error' or 'WebGL' in m.text else None)
+    page.on('request', lambda r: errors.append(f'fetched {r.url[:80]}') if r.url.startswith('http') else None)
+    page.goto(path.resolve().as_uri(), wait_until='load', timeout=180_000)
+    sel = page.locator('div[data-nsp-scene]')
+    n, blank, max_live = sel.count(), [], 0
+    for i in range(n):
+        el = sel.nth(i)
+        el.evaluate("el => el.scrollIntoView({block: 'center'})")
+        page.wait_for_function("el => el._nspLive === true && +(el.dataset.nspDrawn || 0) > 0", arg=el.element_handle(), timeout=60_000)
+        page.wait_for_timeout(200)
+        lost = el.evaluate("el => !el._nspGL || el._nspGL.gl.isContextLost()")
+        if lost or scene_ink(page, el) < 200: blank.append(i)
+        max_live = max(max_live, page.evaluate('() => window.nspScenes.live().length'))
+    gl_total = page.evaluate('() => window.nspScenes.live().length + (window.nspLazy ? window.nspLazy.used() : 0)')
+    page.close()
+    return dict(n=n, blank=blank, max_live=max_live, gl_total=gl_total, errors=errors)
+
+
+def test_every_scene_draws_and_the_webgl_budget_holds(browser, scene_page):
+    r = check_scenes(browser, scene_page)
+    assert r['n'] == 10 and not r['blank'], r
+    assert not r['errors'], r['errors']
+    assert 1 <= r['max_live'] <= 4                    # live_scenes' MAX_SCENES
+    assert r['gl_total'] <= 14                        # scenes + plotly figures together: under Chromium's 16
+    p = check_page(browser, scene_page)              # and the plotly figures beside them still draw
+    assert p['n'] == 8 and not p['blank'] and not p['errors'], p
+
+
+def test_scene_controls_slider_clip_colour_and_release(browser, scene_page):
+    page = browser.new_page(viewport=VIEW)
+    errors = []
+    page.on('pageerror', lambda e: errors.append(str(e)))
+    page.goto(scene_page.resolve().as_uri())
+    el = page.locator('div[data-nsp-scene]').nth(0)              # a cloud scene: 16, 128, 1024 points
+    el.evaluate("el => el.scrollIntoView({block: 'center'})")
+    drawn = lambda: int(el.evaluate('el => +(el.dataset.nspDrawn || 0)'))
+    def settle(before):
+        page.wait_for_function(f"el => +(el.dataset.nspDrawn || 0) > {before}", arg=el.element_handle(), timeout=30_000)
+        page.wait_for_timeout(100)
+        return scene_ink(page, el)
+    page.wait_for_function("el => +(el.dataset.nspDrawn || 0) > 0", arg=el.element_handle(), timeout=60_000)
+    full = scene_ink(page, el)
+    b = drawn(); el.locator('input.nsp-k').fill('0'); coarse = settle(b)          # the slider to 16 points
+    assert coarse < 0.3 * full, (coarse, full)
+    assert el.locator('b').first.text_content() == '16 points'
+    b = drawn(); el.locator('input.nsp-k').fill('2'); assert abs(settle(b) - full) < 0.05 * full
+    b = drawn(); el.locator('select.nsp-axis').select_option('x'); clipped = settle(b)   # clip at the middle of x
+    assert 0.2 * full < clipped < 0.8 * full, (clipped, full)
+    b = drawn(); el.locator('select.nsp-axis').select_option('off'); settle(b)
+    b = drawn(); el.locator('select.nsp-by').select_option('id')
+    settle(b)
+    # drag to turn: the picture changes, the point count does not
+    before = _rgb(page.screenshot(clip=el.bounding_box()))
+    box = el.evaluate("el => { const r = el._nspBox.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }")
+    b = drawn()
+    page.mouse.move(*box); page.mouse.down(); page.mouse.move(box[0] + 120, box[1] + 40, steps=4); page.mouse.up()
+    settle(b)
+    assert (np.abs(_rgb(page.screenshot(clip=el.bounding_box())) - before).max(-1) > 30).sum() > 500
+    # scrolled far away, the scene gives its context back; back on screen it draws again, same scale and colour
+    page.locator('div[data-nsp-scene]').nth(9).evaluate("el => el.scrollIntoView({block: 'center'})")
+    page.wait_for_timeout(600)
+    assert el.evaluate('el => el._nspLive') is False and el.evaluate("el => el._nspBox.querySelector('canvas')") is None
+    el.evaluate("el => el.scrollIntoView({block: 'center'})")
+    page.wait_for_function("el => el._nspLive === true", arg=el.element_handle(), timeout=30_000)
+    page.wait_for_timeout(300)
+    assert el.evaluate('el => [el._nspState.k, el._nspState.by]') == [2, 'id']
+    assert scene_ink(page, el) > 0.5 * full
+    assert not errors, errors
+    page.close()
+
+
+@pytest.mark.parametrize('path', [p for p in _pages() if 'data-nsp-scene' in p.read_text(errors='ignore')] or [None],
+                         ids=lambda p: p.name if p else 'none')
+def test_real_pages_every_scene_draws(browser, path):
+    if path is None:
+        pytest.skip('no page with live scenes here: `tools/build_book.py --only 01a_live` or `make docs` writes one')
+    r = check_scenes(browser, path)
+    assert not r['blank'], f"{path.name}: scenes blank while on screen: {r['blank']}"
+    assert not r['errors'], f'{path.name}: {r["errors"]}'
+    assert r['max_live'] <= 4
+
+
+def test_scene_made_again_right_after_release_stays_live(browser, scene_page):
+    "Releasing loses the old context; its late 'webglcontextlost' event must not release the scene made again meanwhile."
+    page = browser.new_page(viewport=VIEW)
+    page.goto(scene_page.resolve().as_uri())
+    el = page.locator('div[data-nsp-scene]').nth(1)
+    el.evaluate("el => el.scrollIntoView({block: 'center'})")
+    page.wait_for_function("el => el._nspLive === true", arg=el.element_handle(), timeout=60_000)
+    el.evaluate("el => { window.nspScenes.drop(el); window.nspScenes.make(el); }")
+    page.wait_for_timeout(800)                                  # the old canvas's lost event has fired by now
+    assert el.evaluate("el => el._nspLive === true && el._nspGL !== null && !el._nspGL.gl.isContextLost()")
+    assert scene_ink(page, el) > 200
+    page.close()

@@ -36,6 +36,7 @@ PATH = [('02_shapes', 'the data: procedural shapes and surface samples'),
         ('11_tour', 'everything end to end, in one report')]
 REFERENCE = [('00_core', 'devices, seeds, progress bars, configs'),
              ('01_viz', 'the views every notebook draws with, and the offline report'),
+             ('01a_live', 'live 3-D views: meshes and clouds you can turn, in JupyterLab and offline'),
              ('03_data', 'datasets, normalization, loaders'),
              ('08_train', 'the training loop shared by every model')]
 OTHERS = [('12_occupancy', 'occupancy fields: query pools, meshes, IoU and F-score'),
