@@ -69,5 +69,9 @@ if __name__ == '__main__':
     ap.add_argument('--out', default='data_samples/pretrained')
     ap.add_argument('--device', default=None)
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--scales', default=None, help="token scales, e.g. 1,4,16,64,256 (the finest = the full cloud: "
+                    "benchmarks/ablate_tokenizer.py measured it far better than nano's 64 leaves of 4 points)")
     a = ap.parse_args()
-    print(json.dumps(train_pair(a.tokenizer_steps, a.generator_steps, Path(a.out), a.device, a.seed), indent=2, default=str))
+    tok_cfg = TokenizerConfig.preset('nano', **({} if a.scales is None else dict(scales=tuple(int(s) for s in a.scales.split(',')))))
+    print(json.dumps(train_pair(a.tokenizer_steps, a.generator_steps, Path(a.out), a.device, a.seed, tok_cfg=tok_cfg),
+                     indent=2, default=str))
