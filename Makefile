@@ -26,7 +26,7 @@ venv:
 	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,render,mesh
 
 lab:
-	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,lab,render
+	PYTHON=$(PYTHON) scripts/setup_env.sh fast,dev,lab,render,live
 	$(V)/jupyter lab nbs/
 
 export:

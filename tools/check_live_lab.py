@@ -11,11 +11,11 @@ checks that (1) the trame view appears with the colour menu and shows the mesh (
 (a `Scene` as a cell's output, no trame) draws in the notebook too.
 Screenshots and a summary go to --out. Exit status 0 only when all hold.
 """
-import argparse, io, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, io, json, os, sys, tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_widgets_lab import ROOT, free_port, coloured   # noqa: E402
+from check_widgets_lab import coloured, lab_page, run_first_cell   # noqa: E402
 
 CELLS = ["""import numpy as np, trimesh
 from nsp_explore.live import Scene, live_view
@@ -41,90 +41,49 @@ def main(argv=None) -> int:
     ap.add_argument('--timeout', type=int, default=180)
     a = ap.parse_args(argv)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix='nsp_live_'))
-    nb = dict(cells=[dict(cell_type='code', metadata={}, execution_count=None, outputs=[], source=c) for c in CELLS],
-              metadata=dict(kernelspec=dict(name='python3', display_name='Python 3', language='python')),
-              nbformat=4, nbformat_minor=5)
-    (work / 'live.ipynb').write_text(json.dumps(nb))
-    port, token = free_port(), 'nsp-check'
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
-               JUPYTER_CONFIG_DIR=str(work / '.jupyter'), OMP_NUM_THREADS='1')
-    lab = subprocess.Popen([str(Path(sys.executable).parent / 'jupyter'), 'lab', '--no-browser', f'--port={port}',
-                            f'--ServerApp.token={token}', f'--ServerApp.root_dir={work}', '--ServerApp.ip=127.0.0.1',
-                            '--LabApp.news_url=', '--allow-root'],
-                           env=env, stdout=open(out / 'lab.log', 'w'), stderr=subprocess.STDOUT)
     result = dict(view=False, pixels=0, drag_turns=0, scale_changes=0, colour_changes=0, offline_scene_pixels=0, errors=[])
-    try:
-        base = f'http://127.0.0.1:{port}'
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f'{base}/api?token={token}', timeout=2); break
-            except OSError: time.sleep(1)
-        else:
-            raise SystemExit('JupyterLab did not start: see ' + str(out / 'lab.log'))
-        from playwright.sync_api import sync_playwright
-        exe = shutil.which('chromium') or shutil.which('chromium-browser')
-        with sync_playwright() as pw:
-            b = pw.chromium.launch(executable_path=exe, args=['--no-sandbox', '--enable-unsafe-swiftshader'])
-            page = b.new_page(viewport=dict(width=1300, height=1100))
-            page.on('pageerror', lambda e: result['errors'].append(f'pageerror: {e}'))
-            page.on('console', lambda m: result['errors'].append(f'console: {m.text[:200]}') if m.type == 'error' else None)
-            page.goto(f'{base}/lab/tree/live.ipynb?token={token}')
-            page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=a.timeout * 1000)
-            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"], .jp-mod-idle', timeout=a.timeout * 1000)
-            for _ in range(4):            # the kernel may not be connected yet: Shift+Enter then only moves on
-                page.locator('.jp-Cell .cm-content').first.click()
-                page.keyboard.press('Shift+Enter')
-                try:
-                    page.wait_for_function("() => /\\[(\\*|1)\\]/.test(document.querySelector('.jp-Cell .jp-InputArea-prompt').textContent)",
-                                           timeout=20_000)
-                    break
-                except Exception: pass
-            try: frame_el = page.wait_for_selector('.jp-OutputArea iframe', timeout=a.timeout * 1000)
-            except Exception:
-                page.screenshot(path=str(out / 'lab_failed.png')); raise
-            page.wait_for_selector('.jp-OutputArea select', timeout=a.timeout * 1000)
-            result['view'] = True
-            shot = lambda: frame_el.screenshot()
-            for _ in range(60):                               # the trame client loads, the first image arrives
-                page.wait_for_timeout(1000)
-                if coloured(shot()) > 1000: break
+    with lab_page(CELLS, 'live.ipynb', out, a.timeout, result['errors'], height=1100) as page:
+        run_first_cell(page)
+        try: frame_el = page.wait_for_selector('.jp-OutputArea iframe', timeout=a.timeout * 1000)
+        except Exception:
+            page.screenshot(path=str(out / 'lab_failed.png')); raise
+        page.wait_for_selector('.jp-OutputArea select', timeout=a.timeout * 1000)
+        result['view'] = True
+        shot = lambda: frame_el.screenshot()
+        for _ in range(60):                               # the trame client loads, the first image arrives
             page.wait_for_timeout(1000)
-            s0 = shot(); (out / 'live_0.png').write_bytes(s0)
-            result['pixels'] = coloured(s0)
-            box = frame_el.bounding_box()
-            cx, cy = box['x'] + box['width'] * 0.12, box['y'] + box['height'] * 0.45     # off the widgets: the camera turns
-            page.mouse.move(cx, cy); page.mouse.down(); page.mouse.move(cx + 200, cy + 40, steps=10); page.mouse.up()
-            page.wait_for_timeout(3000)
-            s1 = shot(); (out / 'live_1_turned.png').write_bytes(s1)
-            result['drag_turns'] = diff(s0, s1)
-            page.locator('.jp-OutputArea select').first.select_option('solid')
-            page.wait_for_timeout(3000)
-            s2 = shot(); (out / 'live_2_solid.png').write_bytes(s2)
-            result['colour_changes'] = diff(s1, s2)
-            page.locator('.jp-Cell .cm-content').nth(1).click()
-            page.keyboard.press('Shift+Enter')
-            page.wait_for_timeout(4000)
-            s3 = shot(); (out / 'live_3_scale0.png').write_bytes(s3)
-            result['scale_changes'] = diff(s2, s3)
-            page.locator('.jp-Cell .cm-content').nth(2).click()             # the offline WebGL viewer as a cell output
-            page.keyboard.press('Shift+Enter')
-            try:
-                page.wait_for_function("() => { const el = document.querySelector('.jp-OutputArea div[data-nsp-scene]');"
-                                       " return el && el._nspLive && +(el.dataset.nspDrawn || 0) > 0; }", timeout=60_000)
-                sc = page.locator('.jp-OutputArea div[data-nsp-scene]').first
-                sc.scroll_into_view_if_needed(); page.wait_for_timeout(500)
-                s4 = sc.screenshot(); (out / 'offline_scene.png').write_bytes(s4)
-                result['offline_scene_pixels'] = coloured(s4)
-            except Exception as e:
-                result['offline_scene_pixels'] = 0; result['errors'].append(f'offline scene: {e}'[:300])
-            page.screenshot(path=str(out / 'lab.png'))
-            result['stderr'] = [t[-3000:] for t in page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_text_contents()]
-            b.close()
-    finally:
-        lab.terminate()
-        try: lab.wait(timeout=20)
-        except subprocess.TimeoutExpired: lab.kill()
+            if coloured(shot()) > 1000: break
+        page.wait_for_timeout(1000)
+        s0 = shot(); (out / 'live_0.png').write_bytes(s0)
+        result['pixels'] = coloured(s0)
+        box = frame_el.bounding_box()
+        cx, cy = box['x'] + box['width'] * 0.12, box['y'] + box['height'] * 0.45     # off the widgets: the camera turns
+        page.mouse.move(cx, cy); page.mouse.down(); page.mouse.move(cx + 200, cy + 40, steps=10); page.mouse.up()
+        page.wait_for_timeout(3000)
+        s1 = shot(); (out / 'live_1_turned.png').write_bytes(s1)
+        result['drag_turns'] = diff(s0, s1)
+        page.locator('.jp-OutputArea select').first.select_option('solid')
+        page.wait_for_timeout(3000)
+        s2 = shot(); (out / 'live_2_solid.png').write_bytes(s2)
+        result['colour_changes'] = diff(s1, s2)
+        page.locator('.jp-Cell .cm-content').nth(1).click()
+        page.keyboard.press('Shift+Enter')
+        page.wait_for_timeout(4000)
+        s3 = shot(); (out / 'live_3_scale0.png').write_bytes(s3)
+        result['scale_changes'] = diff(s2, s3)
+        page.locator('.jp-Cell .cm-content').nth(2).click()             # the offline WebGL viewer as a cell output
+        page.keyboard.press('Shift+Enter')
+        try:
+            page.wait_for_function("() => { const el = document.querySelector('.jp-OutputArea div[data-nsp-scene]');"
+                                   " return el && el._nspLive && +(el.dataset.nspDrawn || 0) > 0; }", timeout=60_000)
+            sc = page.locator('.jp-OutputArea div[data-nsp-scene]').first
+            sc.scroll_into_view_if_needed(); page.wait_for_timeout(500)
+            s4 = sc.screenshot(); (out / 'offline_scene.png').write_bytes(s4)
+            result['offline_scene_pixels'] = coloured(s4)
+        except Exception as e:
+            result['offline_scene_pixels'] = 0; result['errors'].append(f'offline scene: {e}'[:300])
+        page.screenshot(path=str(out / 'lab.png'))
+        result['stderr'] = [t[-3000:] for t in page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_text_contents()]
     result['network'] = [t for t in result.get('stderr', []) if 'Cannot connect to host' in t or 'Downloaded WASM' in t]
     fetched = result['network']
     (out / 'summary.json').write_text(json.dumps(result, indent=2))
