@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .core import Config, autocast, default_device
 from .lod import fps_order
-from .transformer import Block, KVCache, TransformerConfig, dense_attend, flatten_teacher
+from .transformer import Block, KVCache, ScaleTransformer, TransformerConfig, dense_attend, flatten_teacher
 from .generate import sample_logits
 from .masked import BoxFrame
 from .train import TrainConfig, fit
@@ -22,7 +22,7 @@ from .train import TrainConfig, fit
 # %% auto #0
 __all__ = ['ORDERS', 'FLAT_AR_TRAIN', 'quantize', 'dequantize', 'morton_code', 'point_order', 'serialize', 'FlatARConfig',
            'FlatAR', 'flat_ar_losses', 'flat_ar_loss', 'sequence_nll', 'flat_ar_sample', 'encode_flat', 'train_flat_ar',
-           'flat_ar_nll', 'next_scale_nll', 'masked_nll']
+           'flat_ar_nll', 'next_scale_nll', 'masked_nll', 'TokenAR', 'token_ar_loss', 'token_ar_sample']
 
 # %% ../nbs/16_flat_ar.ipynb #29b2eb01
 def quantize(u: torch.Tensor, bits: int) -> torch.Tensor:
@@ -310,3 +310,83 @@ def masked_nll(model, tokenizer, x_BN3, labels=None, mask_frac: float = 0.5, see
         return (ce * mask).double().sum(1)
     finally:
         model.train(was)
+
+# %% ../nbs/16_flat_ar.ipynb #62f9dea9
+class TokenAR(ScaleTransformer):
+    "The next-scale inputs with a strictly causal mask and the previous token as input: PointNSP's tokens one at a time."
+    def __init__(self, cfg: TransformerConfig, tokenizer_dim: int, scales, n_classes: int = 0, codebook_size: int = 512):
+        if cfg.soft_mask != 'none': raise ValueError("TokenAR: the soft mask is a next-scale option; use soft_mask='none'")
+        super().__init__(cfg, tokenizer_dim, scales, n_classes, codebook_size)
+        self.prev_emb = nn.Embedding(codebook_size + 1, cfg.d_model)          # last row: begin-of-sequence
+        nn.init.normal_(self.prev_emb.weight, std=0.02)
+        self.register_buffer('mask', torch.ones(self.L, self.L, dtype=torch.bool).tril(), persistent=False)   # strictly causal
+
+    def backend(self, device) -> str: return 'dense'          # the block mask of FlexAttention is the next-scale one
+
+    def _prev(self, tokens_BL):
+        bos = torch.full_like(tokens_BL[:, :1], self.codebook_size)
+        return self.prev_emb(torch.cat([bos, tokens_BL[:, :-1]], 1))          # (B, L, D): token i-1 at position i
+
+    def forward(self, feat, pos=None, slot=None, labels=None, tokens=None):
+        "Teacher-forced logits `(B, L', V)`; `tokens (B, >= L')` are the targets (shifted by one as inputs)."
+        if tokens is None: raise ValueError("TokenAR.forward needs the target tokens (teacher forcing reads the previous one)")
+        x, _, _ = self.embed(feat, pos, slot, labels)
+        T = x.shape[1]
+        x = x + self._prev(tokens[:, :T])
+        attend = partial(dense_attend, mask=self.mask[:T, :T])
+        for blk in self.blocks: x = blk(x, attend)
+        return self.head(self.ln_f(x))
+
+def token_ar_loss(model, batch: dict) -> dict:
+    "Mean cross-entropy per token of a `TokenAR` on a `TokenSequences` batch (tokens, label, feat, pos, slot)."
+    dev = next(model.parameters()).device
+    tokens = batch['tokens'].to(dev)
+    feat, pos, slot = (batch[k].to(dev) if batch.get(k) is not None else None for k in ('feat', 'pos', 'slot'))
+    logits = model(feat, pos, slot, batch['label'].to(dev), tokens=tokens)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+    return dict(loss=loss, acc=(logits.argmax(-1) == tokens).float().mean().detach())
+
+@torch.no_grad()
+def token_ar_sample(model: TokenAR, tokenizer, labels, temperature: float = 1.0, top_k: int | None = None,
+                    seed: int = 0, use_cache: bool = True) -> dict:
+    """Sample PointNSP token maps one token at a time (scale then tree order), then decode.
+    Returns `points (B, N, 3)`, `indices` list[(B, s_k)] and `n_evals` (= L transformer calls)."""
+    dev = next(model.parameters()).device
+    labels = torch.as_tensor(labels, device=dev).long().reshape(-1)
+    B, was = len(labels), model.training
+    model.eval()
+    g = torch.Generator(dev).manual_seed(seed)
+    pick = lambda logits: sample_logits(logits, temperature=temperature, top_k=top_k, generator=g)
+    state, cache = tokenizer.start_state(B, dev), model.new_cache()
+    prev = torch.full((B,), model.codebook_size, dtype=torch.long, device=dev)
+    cls = model.class_emb(model._labels(labels, B, dev))[:, None]
+    feats, toks = [], []                                              # for the uncached reference
+    try:
+        for k, s in enumerate(model.scales):
+            if k == 0: base = model._start(B, dev)                                               # (B, s_1, D)
+            else:
+                inp = tokenizer.next_scale_inputs(state, k - 1)
+                feats.append(inp)
+                base = model._embed_children(*inp, model.scale_id.new_full((s,), k))              # (B, s_k, D)
+            base = base + cls
+            if model.pos_emb is not None: base = base + model.pos_emb[sum(model.scales[:k]):sum(model.scales[:k + 1])]
+            idx = []
+            for i in range(s):
+                if use_cache:
+                    x = base[:, i:i + 1] + model.prev_emb(prev)[:, None]
+                    for blk in model.blocks: x = blk(x, dense_attend, cache)
+                    logits = model.head(model.ln_f(x))                                            # (B, 1, V)
+                else:                                                                             # rerun the prefix
+                    T = sum(model.scales[:k]) + i + 1
+                    if feats: f, p, sl = flatten_teacher(feats)
+                    else: f, p, sl = torch.zeros(B, 0, model.tokenizer_dim, device=dev), None, None
+                    known = torch.cat(toks + idx, 1) if (toks or idx) else prev.new_zeros(B, 0)
+                    cur = torch.cat([known, known.new_zeros(B, sum(model.scales[:k + 1]) - known.shape[1])], 1)   # later ones unread
+                    logits = model(f, p, sl, labels, tokens=cur)[:, T - 1:T]
+                nxt = pick(logits.float())                                                        # (B, 1)
+                idx.append(nxt); prev = nxt[:, 0]
+            toks.extend(idx)
+            state = tokenizer.add_scale(state, k, torch.cat(idx, 1))
+    finally:
+        model.train(was)
+    return dict(points=tokenizer.decode_state(state), indices=list(state.indices), labels=labels, n_evals=model.L)

@@ -219,3 +219,60 @@ def test_train_flat_ar_lowers_the_loss():
     assert m.n_classes == 1 and not m.training
     p = flat_ar_sample(m, 2, labels=0, seed=0)['points']
     assert p.shape == (2, 64, 3) and torch.isfinite(p).all()
+
+
+# --- the second variant: PointNSP's tokens one at a time ---------------------------------------
+def _toy_token_ar(seed=0, scales=(1, 4, 16)):
+    from nsp_explore.flat_ar import TokenAR
+    from nsp_explore.transformer import ToyTokenizer, TransformerConfig
+    toy = ToyTokenizer(scales=scales, token_dim=8, codebook_size=8, seed=seed)
+    torch.manual_seed(seed)
+    m = TokenAR(TransformerConfig.preset('nano', n_layer=2, d_model=32, label_dropout=0.0), toy.token_dim, toy.scales, 2,
+                toy.codebook_size).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.ndim == 2: p.normal_(0, 0.3)
+    return m, toy
+
+
+def test_token_ar_is_strictly_causal():
+    from nsp_explore.transformer import flatten_teacher
+    m, toy = _toy_token_ar()
+    g = torch.Generator().manual_seed(0)
+    idx = [torch.randint(0, 8, (2, s), generator=g) for s in toy.scales]
+    f, p, sl = flatten_teacher(toy.teacher_inputs(idx))
+    tokens, lab = torch.cat(idx, 1), torch.tensor([0, 1])
+    base = m(f, p, sl, lab, tokens=tokens)
+    assert base.shape == (2, 21, 8)
+    for j in (5, 9, 20):                          # tokens of the last scale: the teacher inputs stay the same
+        t2 = tokens.clone(); t2[:, j] = (t2[:, j] + 1) % 8
+        new = m(f, p, sl, lab, tokens=t2)
+        assert_close(new[:, :j + 1], base[:, :j + 1])
+        if j < 20: assert not torch.allclose(new[:, j + 1], base[:, j + 1])   # ... but the next position reads it
+    with pytest.raises(ValueError, match='target tokens'): m(f, p, sl, lab)
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(temperature=0.8, top_k=3)])
+def test_token_ar_kv_cache_sampling_equals_uncached(kw):
+    from nsp_explore.flat_ar import token_ar_sample
+    m, toy = _toy_token_ar(1)
+    for seed in (0, 4):
+        a = token_ar_sample(m, toy, torch.tensor([0, 1, 1, 0]), seed=seed, **kw)
+        b = token_ar_sample(m, toy, torch.tensor([0, 1, 1, 0]), seed=seed, use_cache=False, **kw)
+        for ia, ib in zip(a['indices'], b['indices']): assert torch.equal(ia, ib)
+        assert_close(a['points'], b['points'])
+        assert a['n_evals'] == 21 and [i.shape[1] for i in a['indices']] == [1, 4, 16]
+
+
+def test_token_ar_loss_matches_naive_cross_entropy():
+    from nsp_explore.flat_ar import token_ar_loss
+    from nsp_explore.transformer import flatten_teacher
+    m, toy = _toy_token_ar(2)
+    g = torch.Generator().manual_seed(2)
+    idx = [torch.randint(0, 8, (3, s), generator=g) for s in toy.scales]
+    f, p, sl = flatten_teacher(toy.teacher_inputs(idx))
+    tokens, lab = torch.cat(idx, 1), torch.tensor([0, 1, 2])
+    out = token_ar_loss(m, dict(tokens=tokens, label=lab, feat=f, pos=p, slot=sl))
+    logits = m(f, p, sl, lab, tokens=tokens).double()
+    ref = -logits.log_softmax(-1).gather(-1, tokens[..., None])[..., 0].mean()
+    assert_close(out['loss'].double(), ref, rtol=1e-5, atol=1e-5)
