@@ -10,6 +10,7 @@ help:
 	@echo "make lab    - open JupyterLab on nbs/ (installs the lab extras)"
 	@echo "make export - nbdev_export + nbdev_clean + README (after editing notebooks)"
 	@echo "make bench  - run the CPU benchmarks (JSON under benchmarks/results/)"
+	@echo "make compare - train + score next-scale, masked and flat AR on the same shapes (benchmarks/results/compare_cpu.json)"
 	@echo "make wheel  - build dist/*.whl"
 
 tour:
@@ -40,3 +41,7 @@ wheel: venv
 
 clean:
 	rm -rf build dist *.egg-info _proc _docs _book
+
+.PHONY: compare
+compare: venv
+	OMP_NUM_THREADS=1 $(V)/python benchmarks/bench_compare.py

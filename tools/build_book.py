@@ -42,6 +42,8 @@ REFERENCE = [('00_core', 'devices, seeds, progress bars, configs'),
 OTHERS = [('12_occupancy', 'occupancy fields: query pools, meshes, IoU and F-score'),
           ('13_g3pt', 'G3PT: cross-scale querying tokens, lookup-free quantization, occupancy decoding'),
           ('15_masked', 'SMART-3D: masked parallel decoding with linear attention')]
+OTHERS += [('16_flat_ar', 'flat autoregression: one point per network call, and the permutation test'),
+           ('17_compare', 'every paradigm on the same 100 shapes: quality, network calls, time, size')]
 EXTRA = [('architecture', 'how the package is put together: modules, tensors, invariants')]
 
 CSS = """
