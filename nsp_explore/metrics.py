@@ -197,7 +197,9 @@ def emd_assignment(x, y, cost: str = 'pointflow') -> torch.Tensor:
     "The optimal matching `(B, N)` int64: point `i` of `x[b]` goes to point `out[b, i]` of `y[b]` (Hungarian, CPU)."
     from scipy.optimize import linear_sum_assignment
     x, y, _ = _pair(x, y, same_n=True)
-    C = cost_matrix(x.detach().double().cpu(), y.detach().double().cpu(), cost).numpy()   # (B, N, N) float64
+    x64, y64 = x.detach().double().cpu(), y.detach().double().cpu()
+    # no gradient here: torch.cdist gives the same float64 costs as `cost_matrix` ~6x faster (measured on CPU)
+    C = (torch.cdist(x64, y64) if _cost_name(cost) == 'euclidean' else sq_dists(x64, y64)).numpy()   # (B, N, N)
     return torch.stack([torch.as_tensor(linear_sum_assignment(c)[1]) for c in C]).to(x.device)
 
 def emd_exact(x, y, cost: str = 'pointflow') -> torch.Tensor:
