@@ -19,8 +19,8 @@ __all__ = ['CPU_MAX_ELEMENTS', 'GPU_MAX_ELEMENTS', 'KDTREE_MIN_POINTS', 'chamfer
            'emd_assignment', 'emd_exact', 'sinkhorn_potentials', 'sinkhorn_plan', 'round_to_feasible', 'emd_approx',
            'auction_assignment', 'emd_auction', 'sinkhorn_divergence', 'emd_train', 'emd_solver', 'pairwise_distances',
            'mmd', 'coverage', 'nearest_sample_mmd', 'one_nn_accuracy', 'occupancy_grid', 'grid_counts',
-           'jensen_shannon', 'jsd_between_point_cloud_sets', 'denormalize_clouds', 'compute_all_metrics',
-           'metrics_table', 'nn_pairs_figure', 'one_nn_figure']
+           'jensen_shannon', 'jsd_between_point_cloud_sets', 'emd_lower_bounds', 'denormalize_clouds',
+           'compute_all_metrics', 'metrics_table', 'nn_pairs_figure', 'one_nn_figure']
 
 # %% ../nbs/05_metrics.ipynb #855427ca
 def sq_dists_naive(x_BN3: torch.Tensor, y_BM3: torch.Tensor) -> torch.Tensor:
@@ -521,6 +521,54 @@ def jsd_between_point_cloud_sets(samples, refs, resolution: int = 28, clip_spher
     return jensen_shannon(grid_counts(samples, resolution, clip_sphere), grid_counts(refs, resolution, clip_sphere))
 
 # %% ../nbs/05_metrics.ipynb #14b1478f
+def emd_lower_bounds(clouds, cost: str = 'pointflow') -> torch.Tensor:
+    """`(n, n)` float64 lower bounds of the EMD between every two of `clouds (n, N, 3)`: each point is matched to
+    *some* point of the other cloud, so the mean matched cost is at least the mean nearest-neighbour cost, in
+    either direction; the larger direction is the bound (KD-trees, CPU). Scaled down by 1e-4 against rounding."""
+    backend = kdtree_backend()
+    X = np.ascontiguousarray(to_numpy(check_cloud(clouds, 'clouds', batched=True)), dtype=np.float64)
+    n, sq = len(X), _cost_name(cost) == 'squared'
+    q, d = X.reshape(-1, 3), np.empty((n, n))
+    for j in range(n):                                                  # d[i, j]: from cloud i's points to cloud j
+        dist = _kd_query(_kdtree(X[j], backend), q, backend)[0]
+        d[:, j] = (dist if sq else np.sqrt(dist)).reshape(n, -1).mean(1)
+    return torch.from_numpy(np.maximum(d, d.T) * (1 - 1e-4))
+
+def _nearest_only(X, S: int, dist_fn, LB: torch.Tensor, D: torch.Tensor) -> int:
+    """Fill `D (n, n)` (NaN = unknown) until, for every cloud and each of the two sets (rows `[0, S)` and `[S, n)`),
+    its nearest *other* cloud of that set and every cloud tied with it are known exactly. Candidates are
+    tried in order of the lower bound `LB` and the search stops once the next bound exceeds the best distance.
+    `dist_fn(i, j)` (i < j) gives one exact distance. Returns how many distances were computed."""
+    n, done = len(X), 0
+    for c in range(n):
+        for lo, hi in ((0, S), (S, n)):
+            cand = [g for g in range(lo, hi) if g != c]
+            if not cand: continue
+            cand = np.asarray(cand)[np.argsort(LB[c, cand], kind='stable')]
+            best = math.inf
+            for g in cand.tolist():
+                if LB[c, g] > best: break
+                if math.isnan(D[c, g]):
+                    D[c, g] = D[g, c] = dist_fn(min(c, g), max(c, g)); done += 1
+                best = min(best, float(D[c, g]))
+    return done
+
+def _pruned_matrices(S_, R_, m_kw: dict, D_RR=None):
+    "`(D_SR, D_SS, D_RR, computed)` holding exact distances where the nearest-neighbour statistics need them, +inf elsewhere."
+    S, R = len(S_), len(R_)
+    X = torch.cat([S_, R_])
+    D = torch.full((S + R, S + R), math.nan, dtype=torch.float64)
+    if D_RR is not None:
+        known = torch.as_tensor(D_RR, dtype=torch.float64).clone()
+        known[~torch.isfinite(known)] = math.nan
+        D[S:, S:] = known
+    D.fill_diagonal_(0.0)
+    dev, emd, cost = m_kw['device'], m_kw['emd'], m_kw['cost']
+    dist = lambda i, j: float(_pair_distance(X[i:i + 1].to(dev), X[j:j + 1].to(dev), 'emd', emd, cost)[0])
+    computed = _nearest_only(X, S, dist, emd_lower_bounds(X, cost).numpy(), D.numpy())   # D is filled in place
+    D = D.nan_to_num(nan=math.inf)
+    return D[:S, S:].clone(), D[:S, :S].clone(), D[S:, S:].clone(), computed
+
 def denormalize_clouds(points, mean=None, std=None) -> torch.Tensor:
     "`points * std + mean` with `mean (B, 1, 3)|(1, 3)|(3,)` and `std (B, 1, 1)|scalar` (None = identity)."
     p = check_cloud(points, 'points', batched=True)
@@ -532,7 +580,7 @@ def denormalize_clouds(points, mean=None, std=None) -> torch.Tensor:
 def compute_all_metrics(samples, refs, mean=None, std=None, metrics: Sequence[str] = ('cd', 'emd'),
                         emd: str = 'auto', cost: str = 'pointflow', jsd: bool = True, batch_size: int = 64,
                         device=None, show_progress: bool = False, return_matrices: bool = False,
-                        ref_matrices: dict | None = None) -> dict:
+                        ref_matrices: dict | None = None, emd_nearest_only: bool = False) -> dict:
     """MMD, COV and 1-NNA per distance in `metrics`, plus JSD, for `samples (S, N, 3)` vs `refs (S, N, 3)`.
 
     `mean`/`std` de-normalize both sets first (as PointFlow's evaluation does). Keys: `MMD-CD`, `COV-CD`,
@@ -541,7 +589,12 @@ def compute_all_metrics(samples, refs, mean=None, std=None, metrics: Sequence[st
     on the CPU up to `HUNGARIAN_CPU_MAX_POINTS` points, the auction otherwise, see `emd_solver`). With
     `return_matrices=True` the distance matrices are returned too under `'matrices'`; pass that
     `'matrices'` dict back as `ref_matrices` to reuse the ref-ref matrices `D_RR` when scoring several
-    sample sets against the same references (same refs, mean/std, solver)."""
+    sample sets against the same references (same refs, mean/std, solver).
+
+    `emd_nearest_only=True`: every statistic here depends only on nearest neighbours, so the EMD is computed only
+    where one could be nearest: candidates in order of a cheap lower bound (`emd_lower_bounds`), stopping once the
+    bound exceeds the best found. The statistics are exactly those of the full matrices; the returned EMD matrices
+    hold +inf where a distance was not needed (with `return_matrices`, `['matrices']['emd']['pairs_computed']` counts the computed ones)."""
     S = check_cloud(samples, 'samples', batched=True); R = check_cloud(refs, 'refs', batched=True)
     if len(S) != len(R):
         raise ValueError(f"the protocol compares equally many samples and references, got {len(S)} samples "
@@ -552,17 +605,24 @@ def compute_all_metrics(samples, refs, mean=None, std=None, metrics: Sequence[st
     out, mats = {}, {}
     kw = dict(emd=emd, cost=cost, batch_size=batch_size, device=device, show_progress=show_progress)
     for m in metrics:
+        computed = None
         D_RR = (ref_matrices or {}).get(m, {}).get('D_RR')
-        if D_RR is None: D_RR = pairwise_distances(R, None, m, **kw)
-        elif D_RR.shape != (len(R), len(R)):
+        if D_RR is not None and D_RR.shape != (len(R), len(R)):
             raise ValueError(f"ref_matrices['{m}']['D_RR'] has shape {tuple(D_RR.shape)}, the refs need {(len(R), len(R))}")
-        D_SR, D_SS = pairwise_distances(S, R, m, **kw), pairwise_distances(S, None, m, **kw)
+        if m == 'emd' and emd_nearest_only:
+            D_SR, D_SS, D_RR, computed = _pruned_matrices(S, R, kw, D_RR)
+        else:
+            if D_RR is None: D_RR = pairwise_distances(R, None, m, **kw)
+            elif not torch.isfinite(torch.as_tensor(D_RR)).all():
+                raise ValueError(f"ref_matrices['{m}']['D_RR'] has unknown (inf) entries (from emd_nearest_only=True); "
+                                 "pass emd_nearest_only=True again")
+            D_SR, D_SS = pairwise_distances(S, R, m, **kw), pairwise_distances(S, None, m, **kw)
         name = m.upper()
         nna = one_nn_accuracy(D_SS, D_SR, D_RR)
         out.update({f'MMD-{name}': mmd(D_SR), f'COV-{name}': coverage(D_SR), f'1-NNA-{name}': nna['acc'],
                     f'1-NNA-{name}-acc_sample': nna['acc_sample'], f'1-NNA-{name}-acc_ref': nna['acc_ref'],
                     f'MMD_smp-{name}': nearest_sample_mmd(D_SR)})
-        mats[m] = dict(D_SR=D_SR, D_SS=D_SS, D_RR=D_RR)
+        mats[m] = dict(D_SR=D_SR, D_SS=D_SS, D_RR=D_RR, **({} if computed is None else dict(pairs_computed=computed)))
     if jsd: out['JSD'] = jsd_between_point_cloud_sets(S, R)
     if return_matrices: out['matrices'] = mats
     return out

@@ -414,3 +414,38 @@ def test_emd_solver_default_fits_the_device():
     assert auto == M.compute_all_metrics(A, B, metrics=('emd',), emd='exact', jsd=False, device='cpu')
     torch.testing.assert_close(M.pairwise_distances(A, B, 'emd', device='cpu'),
                                M.pairwise_distances(A, B, 'emd', emd='exact', device='cpu'), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('cost', ['pointflow', 'pvd'])
+def test_emd_lower_bounds_are_below_the_exact_emd(cost):
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**30, ())))
+    X = torch.rand(6, 40, 3, generator=g) * torch.rand(6, 1, 3, generator=g)
+    LB = M.emd_lower_bounds(X, cost)
+    D = M.pairwise_distances(X, None, 'emd', emd='exact', cost=cost, device='cpu')
+    assert LB.shape == (6, 6) and torch.equal(LB, LB.T)
+    off = ~torch.eye(6, dtype=torch.bool)
+    assert (LB[off] <= D[off]).all() and (LB[off] > 0.3 * D[off]).all()      # a bound, and not a trivial one
+
+
+@pytest.mark.parametrize('cost', ['pointflow', 'pvd'])
+def test_emd_nearest_only_gives_the_full_statistics(cost):
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**30, ())))
+    def sets(n):                                                          # two families of shapes, so neighbours matter
+        base = torch.rand(n, 48, 3, generator=g) - 0.5
+        return base * (1 + torch.rand(n, 1, 3, generator=g) * torch.tensor([1.5, 0, 0]))
+    A, B, C = sets(9), sets(9), sets(9)
+    kw = dict(metrics=('emd',), emd='exact', cost=cost, jsd=False, device='cpu')
+    full = M.compute_all_metrics(A, B, return_matrices=True, **kw)
+    pr = M.compute_all_metrics(A, B, return_matrices=True, emd_nearest_only=True, **kw)
+    fm, pm = full.pop('matrices')['emd'], pr.pop('matrices')['emd']
+    assert pr == full
+    total = 9 * 9 + 2 * 36
+    assert 0 < pm['pairs_computed'] <= total
+    for k in ('D_SR', 'D_SS', 'D_RR'):                                      # computed entries are the full path's values
+        known = torch.isfinite(pm[k])
+        torch.testing.assert_close(pm[k][known], fm[k][known], rtol=1e-12, atol=1e-12)
+    # reusing the partly known ref-ref matrix for another sample set gives the full statistics again
+    again = M.compute_all_metrics(C, B, ref_matrices={'emd': pm}, emd_nearest_only=True, **kw)
+    assert again == M.compute_all_metrics(C, B, **kw)
+    with pytest.raises(ValueError, match='unknown'):
+        M.compute_all_metrics(C, B, ref_matrices={'emd': pm}, **kw)
