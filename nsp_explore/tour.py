@@ -119,7 +119,10 @@ def _log(msg: str):
 
 def _stage_data(cfg: TourConfig, rep: Report, tok_cfg: TokenizerConfig):
     "Synthetic train/val (with cached LoD trees) and test splits; a gallery and a mesh view."
-    train, val = tokenizer_datasets(tok_cfg, cfg.n_train, cfg.n_val, categories=cfg.categories, seed=cfg.seed)
+    # the pretrained pair needs no training data: one LoD tree per shape (for the views and codebook usage), not the
+    # FPS-augmentation trees of training (measured: 2.2 s instead of 8 s for the nano training set)
+    train, val = tokenizer_datasets(tok_cfg, cfg.n_train, cfg.n_val, categories=cfg.categories, seed=cfg.seed,
+                                    n_trajectories=1 if cfg.pretrained else None)
     test = SyntheticShapes('test', cfg.categories, cfg.n_test, n_points=tok_cfg.n_points, seed=cfg.seed,
                            resample=False, normalizer=train.normalizer)
     cats = list(train.categories)
