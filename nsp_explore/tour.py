@@ -48,7 +48,7 @@ class TourConfig(Config):
     PRESETS: ClassVar = dict(
         quick=dict(categories=('airplane', 'chair', 'mug'), n_train=4, n_val=2, n_test=2,
                    tokenizer_steps=20, generator_steps=20),
-        nano=dict(pretrained='nano'),                             # the shipped pair: ~2-3 min on 2 CPU cores
+        nano=dict(pretrained='nano'),                             # the shipped pair: ~1 min on 2 CPU cores
         nano_train=dict(tokenizer_steps=1600, generator_steps=1600),   # trains from scratch: ~10 min on 2 idle CPU cores
         small=dict(model='small', n_test=32, emd='auction'),
         medium=dict(model='medium', n_test=64, emd='auction'),
