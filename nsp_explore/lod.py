@@ -201,10 +201,11 @@ def _importable(name: str) -> bool:
     except Exception:  # ImportError, or a broken binary extension
         return False
 
-# Measured here (2 cores; benchmarks/bench_lod.py): fpsample's per-cloud Rust loop wins for one
-# or two clouds of 2048 points; the batched torch loop wins from ~8k points in the batch (4 x 2048,
-# or one 15000-point cloud), since its per-step overhead is then shared by many points.
-TORCH_BEATS_FPSAMPLE = 8192
+# Measured on a shared 2-core CPU (benchmarks/bench_cpu_lod.py -> results/cpu_lod_cpu.json): fpsample's per-cloud
+# Rust loop is as fast as the batched torch loop with one thread at every batch size (1 to 64 clouds of 2048
+# points), and the torch loop collapses with two threads beside a busy process (up to 20x slower). So on the
+# CPU `auto` always takes fpsample; set a point count here to switch to the torch loop from that batch size.
+TORCH_BEATS_FPSAMPLE = None
 
 _FPS_BACKENDS = dict(torch=_fps_torch, fpsample=_fps_fpsample, triton=_fps_triton, torch_cluster=_fps_torch_cluster)
 _FPS_MODULES = dict(fpsample='fpsample', triton='triton', torch_cluster='torch_cluster')
@@ -237,7 +238,7 @@ def fps_order(points, n: int | None = None, start='centroid', backend: str = 'au
     if backend == 'auto':
         backend = avail[0]
         if backend == 'triton' and N > TRITON_MAX_POINTS: backend = avail[1]
-        if backend == 'fpsample' and B * N >= TORCH_BEATS_FPSAMPLE: backend = 'torch'
+        if backend == 'fpsample' and TORCH_BEATS_FPSAMPLE is not None and B * N >= TORCH_BEATS_FPSAMPLE: backend = 'torch'
     elif backend not in _FPS_BACKENDS:
         raise ValueError(f"unknown FPS backend {backend!r}; choose 'auto', 'naive' or one of {sorted(_FPS_BACKENDS)}")
     elif backend not in avail:

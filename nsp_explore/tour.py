@@ -26,7 +26,7 @@ from .generate import (cache_tokens, generator_train_config, train_generator, sa
 import nsp_explore.generate as gen
 
 # %% auto #0
-__all__ = ['TourConfig', 'run_keys', 'run_paths', 'check_output_paths', 'run_tour', 'main']
+__all__ = ['TourConfig', 'run_keys', 'run_paths', 'check_output_paths', 'cpu_threads', 'run_tour', 'main']
 
 # %% ../nbs/11_tour.ipynb #b205d44d
 @dataclass
@@ -40,6 +40,7 @@ class TourConfig(Config):
     tokenizer_steps: int | None = None     # None: the preset's default
     generator_steps: int | None = None
     emd: str = 'exact'                     # EMD solver for the scores: 'exact' (Hungarian; fast at nano's 256 points) | 'auction'
+    pretrained: str | None = None          # load this shipped pair (generate.load_pretrained) instead of training
     temperature: float = 1.0
     top_p: float | None = None
     seed: int = 0
@@ -47,7 +48,8 @@ class TourConfig(Config):
     PRESETS: ClassVar = dict(
         quick=dict(categories=('airplane', 'chair', 'mug'), n_train=4, n_val=2, n_test=2,
                    tokenizer_steps=20, generator_steps=20),
-        nano=dict(tokenizer_steps=1600, generator_steps=1600),   # ~6 min on 2 idle CPU cores
+        nano=dict(pretrained='nano'),                             # the shipped pair: ~1 min on 2 CPU cores
+        nano_train=dict(tokenizer_steps=1600, generator_steps=1600),   # trains from scratch: ~10 min on 2 idle CPU cores
         small=dict(model='small', n_test=32, emd='auction'),
         medium=dict(model='medium', n_test=64, emd='auction'),
     )
@@ -64,6 +66,12 @@ class TourConfig(Config):
         for name in ('n_train', 'n_val', 'n_test', 'tokenizer_steps', 'generator_steps'):
             v = getattr(self, name)
             if v is not None and v < 1: raise ValueError(f"TourConfig.{name} must be >= 1, got {v}")
+        if self.pretrained is not None:
+            if self.pretrained != self.model:
+                raise ValueError(f"TourConfig.pretrained={self.pretrained!r} needs model={self.pretrained!r}, got {self.model!r}")
+            if self.categories is not None or self.n_train is not None:
+                raise ValueError("TourConfig.pretrained: the shipped pair was trained on every category with the default "
+                                 "data; leave categories and n_train at None (or set pretrained=None to train)")
         if self.emd not in ('exact', 'auction'): raise ValueError(f"TourConfig.emd must be 'exact' or 'auction', got {self.emd!r}")
         if not self.temperature > 0: raise ValueError(f"TourConfig.temperature must be > 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -111,7 +119,10 @@ def _log(msg: str):
 
 def _stage_data(cfg: TourConfig, rep: Report, tok_cfg: TokenizerConfig):
     "Synthetic train/val (with cached LoD trees) and test splits; a gallery and a mesh view."
-    train, val = tokenizer_datasets(tok_cfg, cfg.n_train, cfg.n_val, categories=cfg.categories, seed=cfg.seed)
+    # the pretrained pair needs no training data: one LoD tree per shape (for the views and codebook usage), not the
+    # FPS-augmentation trees of training (measured: 2.2 s instead of 8 s for the nano training set)
+    train, val = tokenizer_datasets(tok_cfg, cfg.n_train, cfg.n_val, categories=cfg.categories, seed=cfg.seed,
+                                    n_trajectories=1 if cfg.pretrained else None)
     test = SyntheticShapes('test', cfg.categories, cfg.n_test, n_points=tok_cfg.n_points, seed=cfg.seed,
                            resample=False, normalizer=train.normalizer)
     cats = list(train.categories)
@@ -153,21 +164,41 @@ def _steps_text(steps: int, batch: int, start: int, seconds: float, device) -> s
                       f'resumed, and {steps - start} in {seconds:.0f} s on {device}.')
     return f'Trained {steps} steps (batch {batch}) in {seconds:.0f} s on {device}.'
 
-def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, paths: dict):
-    "Train (or resume) the tokenizer; per-scale reconstruction scores, views, codebook usage."
+def _load_pair(cfg: TourConfig, tok_cfg: TokenizerConfig, device):
+    "The shipped pretrained pair `(tokenizer, generator, info)` on `device`, checked against the tour's tokenizer preset."
+    tok, model = gen.load_pretrained(cfg.pretrained)
+    if tok.cfg.to_dict() != tok_cfg.to_dict():
+        raise RuntimeError(f"the shipped pretrained pair {cfg.pretrained!r} has another tokenizer config than the "
+                           f"{cfg.model!r} preset; retrain it (scripts/train_pretrained.py) or use the nano_train preset")
+    return tok.to(device).eval(), model.to(device).eval(), tok.info
+
+def _pretrained_text(info: dict, what: str) -> str:
+    "How the shipped pair's model `what` ('tokenizer'/'generator') was trained, from its record."
+    tr = info.get(f'{what}_train', {})
+    secs = info.get(f'{what}_s')
+    return (f'Loaded from the shipped pretrained pair (data_samples/pretrained/): trained {info.get(f"{what}_steps", "?")} '
+            f'steps (batch {tr.get("batch_size", "?")}) on {info.get("device", "?")}'
+            + (f' in {secs:.0f} s' if isinstance(secs, (int, float)) else '') +
+            ' by `scripts/train_pretrained.py` (its command, seed and versions are in nano.json beside the weights).')
+
+def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, paths: dict, pair=None):
+    "Train (or resume, or load the pretrained pair's) tokenizer; per-scale reconstruction scores, views, codebook usage."
     tcfg = _tok_train_cfg(cfg)
     with Timer() as t:
-        tok, hist = train_tokenizer(tok_cfg, tcfg, dataset=train, val_dataset=val, device=device,
-                                    ckpt_path=paths['tokenizer'])
+        if pair is None:
+            tok, hist = train_tokenizer(tok_cfg, tcfg, dataset=train, val_dataset=val, device=device,
+                                        ckpt_path=paths['tokenizer'])
+        else: tok, hist = pair[0], None
     rows = evaluate_tokenizer(tok, val, device=device)
     use = codebook_usage(tok, train, device=device)
     rep.heading('3. The tokenizer: multi-scale residual quantization')
     rep.text(f'PointNSP tokenizer `{cfg.model}`: {_n_params(tok) / 1e6:.2f} M parameters, token scales {tok_cfg.scales}, '
              f'codebook of {tok_cfg.codebook_size} codes shared by every scale. '
-             + _steps_text(tcfg.steps, tcfg.batch_size, hist.start_step, t.elapsed, device) +
+             + (_steps_text(tcfg.steps, tcfg.batch_size, hist.start_step, t.elapsed, device) if pair is None
+                else _pretrained_text(pair[2], 'tokenizer')) +
              ' Each scale\'s tokens encode what the coarser '
              'scales missed; the structure decoder turns the cumulative features into the points of each scale.')
-    rep.figure(hist.plot(), caption='tokenizer training curves')
+    if hist is not None: rep.figure(hist.plot(), caption='tokenizer training curves')
     rep.table(rows, caption='reconstruction of validation shapes per scale: Chamfer distance (PointFlow convention, '
                             'squared, both directions summed) between decoded X̂_k and the true LoD points X_k, and exact EMD (Euclidean cost / N)')
     v0 = val[0]
@@ -175,12 +206,26 @@ def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, 
                caption='true scale (left) and decoded scale (right) of a validation shape')
     rep.figure(token_map_fig(tok, v0['points'], lod=v0['lod_index']), caption='token maps: each scale coloured by token id')
     rep.figure(usage_fig(use, tok_cfg.scales), caption='fraction of the codebook used at each scale over the training set')
+    if pair is not None:
+        return tok, dict(seconds=t.elapsed, steps=pair[2].get('tokenizer_steps'), steps_this_run=0, resumed_from=None,
+                         checkpoint=f'pretrained:{cfg.pretrained}', params=_n_params(tok), usage=use['overall'], cd_final=rows[-1]['cd'])
     return tok, dict(seconds=t.elapsed, steps=tcfg.steps, steps_this_run=tcfg.steps - min(hist.start_step, tcfg.steps),
                      resumed_from=hist.start_step, checkpoint=str(paths['tokenizer']), params=_n_params(tok),
                      usage=use['overall'], cd_final=rows[-1]['cd'])
 
-def _stage_generator(cfg: TourConfig, rep: Report, tok, train, device, paths: dict):
-    "Cache token maps, train (or resume) the next-scale transformer."
+def _stage_generator(cfg: TourConfig, rep: Report, tok, train, device, paths: dict, pair=None):
+    "Cache token maps, train (or resume) the next-scale transformer; or take the pretrained pair's."
+    if pair is not None:
+        model = pair[1]
+        rep.heading('4. The next-scale transformer')
+        rep.text(f'A block-causal transformer `{cfg.model}` ({_n_params(model) / 1e6:.2f} M parameters) predicts all tokens '
+                 'of a scale at once, attending within the scale and to every coarser scale. Its inputs are the '
+                 'tokenizer\'s cumulative features at the parents, a scale embedding, Fourier features of the decoded '
+                 'parent positions and a sibling-slot embedding. ' + _pretrained_text(pair[2], 'generator') +
+                 f' Its final training loss (cross-entropy per scale) was {pair[2].get("generator_loss", float("nan")):.3f}. '
+                 'The `nano_train` preset trains both models from scratch instead (notebooks 08a and 10 show the curves).')
+        return model, dict(seconds=0.0, steps=pair[2].get('generator_steps'), steps_this_run=0, resumed_from=None,
+                           checkpoint=f'pretrained:{cfg.pretrained}', params=_n_params(model))
     with Timer() as t_cache:
         seqs = cache_tokens(tok, train, device=device)
     gcfg = _gen_train_cfg(cfg)
@@ -226,22 +271,25 @@ def _stage_scores(cfg: TourConfig, rep: Report, out, tok, test, val, device):
     other = SyntheticShapes('val', test.categories, len(test) // len(test.categories), n_points=refs.shape[1],
                             seed=cfg.seed + 1, resample=False, normalizer=test.normalizer)
     real = torch.stack([other[i]['points'] for i in range(len(other))])[:len(refs)]
-    rows, t0, ref_mats = [], time.perf_counter(), None
+    rows, t0, ref_mats, emd_pairs = [], time.perf_counter(), None, 0
     for name, s in (('samples (the model)', out['points'].cpu()), ('tokenizer reconstructions of the test shapes', recon),
                     ('other real shapes (the ideal)', real)):
         r = compute_all_metrics(s, refs, mean=mean, std=std, emd=cfg.emd, device=device, return_matrices=True,
-                                ref_matrices=ref_mats)
+                                ref_matrices=ref_mats, emd_nearest_only=True)
         ref_mats = r.pop('matrices')                                   # the test-vs-test distances are computed once
+        emd_pairs += ref_mats['emd'].get('pairs_computed', 0)
         rows.append({'compared with the test set': name, **{k: r[k] for k in
                      ('1-NNA-CD', '1-NNA-EMD', 'COV-CD', 'COV-EMD', 'MMD-CD', 'MMD-EMD', 'JSD')}})
     rep.heading('6. Scores against held-out shapes')
     rep.text(f'PointFlow protocol on {len(refs)} de-normalized test shapes: 1-NNA (ideal 0.5), COV (higher is better), '
              'MMD (lower is better), JSD on a 28^3 grid. EMD in the PointFlow convention (Euclidean cost / N), solved by '
-             f'the {cfg.emd} solver. The last two rows say what is reachable: a model can do no better than its tokenizer, and '
+             f'the {cfg.emd} solver, only where a pair could be some shape\'s nearest neighbour ({emd_pairs} EMDs instead of '
+             f'{3 * len(refs) ** 2 + 4 * len(refs) * (len(refs) - 1) // 2}: a cheap lower bound rules the rest out, and the '
+             'scores are exactly those of the full matrices). The last two rows say what is reachable: a model can do no better than its tokenizer, and '
              'real shapes from the same distribution score 1-NNA near 0.5. Reconstructions are paired with the test shapes (each one '
              'is a copy of its reference), so their 1-NNA can fall below 0.5. Small test sets make these numbers noisy.')
     rep.table(rows, floatfmt='{:.3f}')
-    return rows, dict(seconds=time.perf_counter() - t0)
+    return rows, dict(seconds=time.perf_counter() - t0, emd_pairs_computed=emd_pairs)
 
 # %% ../nbs/11_tour.ipynb #833a09c4
 def _check_dir_target(path: Path, what: str):
@@ -263,11 +311,24 @@ def check_output_paths(out, workdir):
     _check_dir_target(workdir, '--workdir')
 
 # %% ../nbs/11_tour.ipynb #12d03f07
+def cpu_threads(n_cpu: int | None = None, load: float | None = None) -> int:
+    """Torch threads for a CPU run: the cores that other processes leave idle (by the 1-minute load average),
+    at least 1. Measured on 2 shared cores (benchmarks/bench_cpu_lod.py): torch ops with 2 threads beside a
+    busy process run up to 20x slower than with 1 (the threads wait on each other), so a busy machine gets 1."""
+    n_cpu = n_cpu or os.cpu_count() or 1
+    if load is None:
+        try: load = os.getloadavg()[0]
+        except (OSError, AttributeError): load = 0.0
+    return max(1, min(n_cpu, n_cpu - int(round(load))))
+
 def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/tour.html',
-             workdir: str | os.PathLike = 'runs/tour', device=None) -> Path:
+             workdir: str | os.PathLike = 'runs/tour', device=None, threads: int | None = None) -> Path:
     """Run the whole story and write the self-contained HTML report to `out`; returns its path.
-    Checkpoints go to `run_paths(cfg, workdir)`: a rerun with the same settings resumes from them."""
+    Checkpoints go to `run_paths(cfg, workdir)`: a rerun with the same settings resumes from them.
+    On the CPU torch uses `threads` threads (default: `cpu_threads()`, unless OMP_NUM_THREADS is set)."""
     device = default_device(None if device is None else str(device))
+    if device.type == 'cpu' and (threads is not None or 'OMP_NUM_THREADS' not in os.environ):
+        torch.set_num_threads(threads or cpu_threads())
     if isinstance(cfg, str): cfg = TourConfig.preset(auto_preset(device) if cfg == 'auto' else cfg)
     out = Path(out)
     check_output_paths(out, workdir)
@@ -289,8 +350,9 @@ def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/t
     with Timer() as total:
         train, val, test, cats = stage('data', _stage_data, cfg, rep, tok_cfg)
         stage('lod', _stage_lod, cfg, rep, train, tok_cfg)
-        tok, info['tokenizer'] = stage('tokenizer', _stage_tokenizer, cfg, rep, tok_cfg, train, val, device, paths)
-        model, info['generator'] = stage('transformer', _stage_generator, cfg, rep, tok, train, device, paths)
+        pair = _load_pair(cfg, tok_cfg, device) if cfg.pretrained else None
+        tok, info['tokenizer'] = stage('tokenizer', _stage_tokenizer, cfg, rep, tok_cfg, train, val, device, paths, pair)
+        model, info['generator'] = stage('transformer', _stage_generator, cfg, rep, tok, train, device, paths, pair)
         samples, info['sampling'] = stage('sampling', _stage_sampling, cfg, rep, model, tok, test, cats, device)
         scores, info['scoring'] = stage('scores', _stage_scores, cfg, rep, samples, tok, test, val, device)
     ok, why = pyvista_status()
@@ -303,10 +365,12 @@ def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/t
     rep.table([dict(stage=k, seconds=v) for k, v in times.items()] + [dict(stage='total', seconds=total.elapsed)],
               floatfmt='{:.1f}')
     rep.table([dict(setting=k, value=v) for k, v in {**cfg.to_dict(), 'device': str(device), 'checkpoints': str(paths['dir']),
+                                                     'torch threads': torch.get_num_threads(),
                                                      **versions()}.items()])
     if not ok: rep.text(f'(no pyvista render: {why})')
     path = rep.save(out)
     summary = dict(config=cfg.to_dict(), device=str(device), seconds=times, total_seconds=total.elapsed,
+                   torch_threads=torch.get_num_threads(), loadavg_1min=os.getloadavg()[0] if hasattr(os, 'getloadavg') else None,
                    scores=scores, **info, versions=versions(), report=str(path))
     atomic_write_text(json.dumps(summary, indent=2, default=str), out.with_suffix('.json'))
     _log(f'report written to {path} ({path.stat().st_size / 1e6:.1f} MB) in {total.elapsed:.0f} s')
@@ -336,7 +400,7 @@ def main(argv=None) -> int:
     SIGTERM stop at a training step boundary with a checkpoint and one line (status 130 / 143)."""
     ap = _Parser(prog='nsp-tour', description='Train, sample and score next-scale point-cloud '
                  'generation end to end and write a self-contained HTML report.')
-    ap.add_argument('--preset', default='auto', help="auto (small on a GPU, nano on CPU), quick, nano, small, medium")
+    ap.add_argument('--preset', default='auto', help="auto (small on a GPU, nano on CPU), quick, nano (the shipped pretrained pair), nano_train, small, medium")
     ap.add_argument('--out', default='reports/tour.html', help='the HTML report to write (a .json summary goes beside it)')
     ap.add_argument('--workdir', default='runs/tour', help='checkpoints; a rerun with the same settings resumes from them')
     ap.add_argument('--device', default=None, help='cpu, cuda, cuda:1, mps (default: the best available)')
@@ -348,6 +412,7 @@ def main(argv=None) -> int:
         device = _cli_device(a.device)
         name = auto_preset(device) if a.preset == 'auto' else a.preset
         over = {k: v for k, v in dict(tokenizer_steps=a.tokenizer_steps, generator_steps=a.generator_steps).items() if v is not None}
+        if over and TourConfig.PRESETS.get(name, {}).get('pretrained'): over['pretrained'] = None   # steps given: train
         cfg = TourConfig.preset(name, seed=a.seed, **over)
         check_output_paths(a.out, a.workdir)
     except (KeyError, TypeError, ValueError) as e:

@@ -316,3 +316,136 @@ def test_compute_all_metrics_reuses_ref_matrices():
     bad = {'cd': {'D_RR': torch.zeros(3, 3)}}
     with pytest.raises(ValueError, match='D_RR'):
         M.compute_all_metrics(C, B, metrics=('cd',), jsd=False, ref_matrices=bad)
+
+
+# ---------------------------------------------------------------- CPU fast paths: KD-tree, cache-sized brute force
+KD_BACKENDS = ['ckdtree'] + (['pykdtree'] if M.kdtree_backend() == 'pykdtree' else [])
+
+
+@pytest.mark.parametrize('backend', KD_BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_kdtree_nn_equals_float64_bruteforce(backend, dtype):
+    seed = int(torch.randint(0, 2**30, ()))                              # fresh inputs every run
+    x, y = rand_clouds(2, 530, seed, dtype), rand_clouds(2, 611, seed + 1, dtype, shift=0.05)
+    jx, jy = M.nn_index(x, y, backend=backend)
+    D = ((x.double()[:, :, None] - y.double()[:, None]) ** 2).sum(-1)
+    # the found neighbours are nearest: their distance is the minimum (to float32 rounding of the coordinates)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(D.gather(2, jx[..., None])[..., 0], D.min(2).values, rtol=tol, atol=tol)
+    torch.testing.assert_close(D.gather(1, jy[:, None])[:, 0], D.min(1).values, rtol=tol, atol=tol)
+    for m in ('kdtree', 'brute'):
+        got = M.chamfer_distance(x, y, method=m)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), chamfer_ref(x, y), rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+    torch.testing.assert_close(M.chamfer_euclid_mean(x, y, method='kdtree').double(), chamfer_ref(x, y, False, 'mean'),
+                               rtol=1e-5, atol=0)
+
+
+def test_kdtree_gradient_equals_bruteforce():
+    seed = int(torch.randint(0, 2**30, ()))
+    x, y = rand_clouds(2, 600, seed), rand_clouds(2, 520, seed + 1)
+    grads = {}
+    for m in ('kdtree', 'brute'):
+        xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
+        M.chamfer_euclid_sum(xa, ya, method=m).sum().backward()
+        grads[m] = (xa.grad, ya.grad)
+    xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+    chamfer_ref(xr, yr, False, 'sum').sum().backward()
+    for m in grads:
+        torch.testing.assert_close(grads[m][0], xr.grad, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(grads[m][1], yr.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_kdtree_under_bf16_autocast_is_fp32():
+    x, y = rand_clouds(2, 600, 31, torch.float32), rand_clouds(2, 600, 32, torch.float32)
+    ref = M.chamfer_distance(x, y, method='kdtree')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got, bf = M.chamfer_distance(x, y, method='kdtree'), M.chamfer_distance(x.bfloat16(), y, method='kdtree')
+        self_cd = M.chamfer_distance(x, x, method='kdtree')
+    assert got.dtype == torch.float32 and bf.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert (self_cd == 0).all()
+
+
+def test_auto_method_and_cache_blocks_give_the_same_values():
+    x, y = rand_clouds(3, 300, 33, torch.float32), rand_clouds(3, 700, 34, torch.float32)
+    ref = chamfer_ref(x, y)
+    for kw in (dict(), dict(method='brute'), dict(method='brute', max_elements=2**24), dict(method='brute', max_elements=999),
+               dict(method='kdtree')):
+        torch.testing.assert_close(M.chamfer_distance(x, y, **kw).double(), ref, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match='method must be'): M.chamfer_distance(x, y, method='fast')
+
+
+def test_kdtree_handles_duplicates_and_ties():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**30, ())))
+    grid = torch.stack(torch.meshgrid(*[torch.arange(9.)] * 3, indexing='ij'), -1).reshape(1, -1, 3) / 8   # 729 points
+    x = torch.cat([grid, grid[:, :40]], 1)                               # exact duplicates
+    y = grid[:, torch.randperm(729, generator=g)] + 0.0625               # every grid point has tied neighbours
+    torch.testing.assert_close(M.chamfer_distance(x, y, method='kdtree').double(), chamfer_ref(x, y), rtol=1e-6, atol=0)
+    assert float(M.chamfer_distance(x, grid, method='kdtree')) == 0.0
+
+
+@pytest.mark.parametrize('backend', KD_BACKENDS)
+def test_kdtree_matrix_equals_bruteforce(backend):
+    seed = int(torch.randint(0, 2**30, ()))
+    A, B = rand_clouds(5, 260, seed, torch.float32), rand_clouds(4, 300, seed + 1, torch.float32)
+    want = torch.stack([chamfer_ref(A[i:i + 1].expand(4, -1, -1), B) for i in range(5)])           # (5, 4) float64
+    got = M._cd_matrix_kdtree(A, B, backend=backend)
+    assert got.dtype == torch.float64 and got.shape == (5, 4)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    Ds = M._cd_matrix_kdtree(A, None, backend=backend)
+    assert torch.equal(Ds, Ds.T) and (Ds.diagonal() == 0).all()
+    torch.testing.assert_close(Ds, torch.stack([chamfer_ref(A[i:i + 1].expand(5, -1, -1), A) for i in range(5)]),
+                               rtol=1e-6, atol=1e-12)
+    # the package's CPU path uses it at these sizes, and agrees with the brute-force pair loop
+    torch.testing.assert_close(M.pairwise_distances(A, B, device='cpu'),
+                               M.pairwise_distances(A, B, device='cpu', cd_method='brute'), rtol=1e-5, atol=0)
+    A64 = A.double()
+    torch.testing.assert_close(M.pairwise_distances(A64, cd_method='kdtree', device='cpu'),
+                               M.pairwise_distances(A64, cd_method='brute', device='cpu'), rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match='cd_method'): M.pairwise_distances(A, B, cd_method='fast')
+
+
+def test_emd_solver_default_fits_the_device():
+    assert M.emd_solver('cpu', 256) == 'exact' and M.emd_solver('cpu', M.HUNGARIAN_CPU_MAX_POINTS) == 'exact'
+    assert M.emd_solver('cpu', M.HUNGARIAN_CPU_MAX_POINTS + 1) == 'auction' and M.emd_solver('cuda', 256) == 'auction'
+    A, B = blob_sets(5, 40, 35), blob_sets(5, 40, 36)
+    auto = M.compute_all_metrics(A, B, metrics=('emd',), jsd=False, device='cpu')
+    assert auto == M.compute_all_metrics(A, B, metrics=('emd',), emd='exact', jsd=False, device='cpu')
+    torch.testing.assert_close(M.pairwise_distances(A, B, 'emd', device='cpu'),
+                               M.pairwise_distances(A, B, 'emd', emd='exact', device='cpu'), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('cost', ['pointflow', 'pvd'])
+def test_emd_lower_bounds_are_below_the_exact_emd(cost):
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**30, ())))
+    X = torch.rand(6, 40, 3, generator=g) * torch.rand(6, 1, 3, generator=g)
+    LB = M.emd_lower_bounds(X, cost)
+    D = M.pairwise_distances(X, None, 'emd', emd='exact', cost=cost, device='cpu')
+    assert LB.shape == (6, 6) and torch.equal(LB, LB.T)
+    off = ~torch.eye(6, dtype=torch.bool)
+    assert (LB[off] <= D[off]).all() and (LB[off] > 0).all()      # a bound, and not a trivial one
+
+
+@pytest.mark.parametrize('cost', ['pointflow', 'pvd'])
+def test_emd_nearest_only_gives_the_full_statistics(cost):
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**30, ())))
+    def sets(n):                                                          # two families of shapes, so neighbours matter
+        base = torch.rand(n, 48, 3, generator=g) - 0.5
+        return base * (1 + torch.rand(n, 1, 3, generator=g) * torch.tensor([1.5, 0, 0]))
+    A, B, C = sets(9), sets(9), sets(9)
+    kw = dict(metrics=('emd',), emd='exact', cost=cost, jsd=False, device='cpu')
+    full = M.compute_all_metrics(A, B, return_matrices=True, **kw)
+    pr = M.compute_all_metrics(A, B, return_matrices=True, emd_nearest_only=True, **kw)
+    fm, pm = full.pop('matrices')['emd'], pr.pop('matrices')['emd']
+    assert pr == full
+    total = 9 * 9 + 2 * 36
+    assert 0 < pm['pairs_computed'] <= total
+    for k in ('D_SR', 'D_SS', 'D_RR'):                                      # computed entries are the full path's values
+        known = torch.isfinite(pm[k])
+        torch.testing.assert_close(pm[k][known], fm[k][known], rtol=1e-12, atol=1e-12)
+    # reusing the partly known ref-ref matrix for another sample set gives the full statistics again
+    again = M.compute_all_metrics(C, B, ref_matrices={'emd': pm}, emd_nearest_only=True, **kw)
+    assert again == M.compute_all_metrics(C, B, **kw)
+    with pytest.raises(ValueError, match='unknown'):
+        M.compute_all_metrics(C, B, ref_matrices={'emd': pm}, **kw)

@@ -31,3 +31,29 @@ def test_tour_cli_rejects_unknown_preset(tmp_path):
     r = subprocess.run([str(BIN / 'nsp-tour'), '--preset', 'huge', '--out', str(tmp_path / 'x.html')],
                        capture_output=True, text=True)
     assert r.returncode == 2 and 'no preset' in r.stderr
+
+
+def test_nano_preset_loads_the_shipped_pair_and_checks_it():
+    import torch
+    from nsp_explore.tour import TourConfig, _load_pair, _stage_generator, cpu_threads
+    from nsp_explore.tokenizer import TokenizerConfig
+    from nsp_explore.viz import Report
+    cfg = TourConfig.preset('nano')
+    assert cfg.pretrained == 'nano' and TourConfig.preset('nano_train').pretrained is None
+    with pytest.raises(ValueError, match='every category'): TourConfig.preset('nano', categories=('mug',))
+    with pytest.raises(ValueError, match='needs model'): TourConfig(model='small', pretrained='nano')
+    tok, gen, info = _load_pair(cfg, TokenizerConfig.preset('nano'), torch.device('cpu'))
+    assert not tok.training and info['tokenizer_steps'] > 0
+    model, rec = _stage_generator(cfg, Report('t'), tok, None, 'cpu', {}, (tok, gen, info))
+    assert model is gen and rec['steps_this_run'] == 0 and rec['steps'] == info['generator_steps']
+    with pytest.raises(RuntimeError, match='another tokenizer config'):
+        _load_pair(cfg, TokenizerConfig.preset('nano', codebook_size=128), torch.device('cpu'))
+
+
+def test_cpu_threads_leaves_busy_cores_alone():
+    from nsp_explore.tour import cpu_threads
+    assert cpu_threads(2, 0.1) == 2 and cpu_threads(2, 0.9) == 1 and cpu_threads(2, 5.0) == 1
+    assert cpu_threads(16, 3.2) == 13 and cpu_threads(1, 0.0) == 1
+    for n in range(1, 9):
+        for load in (0.0, 0.4, 1.6, 7.0, 30.0):
+            assert 1 <= cpu_threads(n, load) <= n
