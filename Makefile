@@ -4,7 +4,7 @@ PYTHON ?= python3
 V := .venv/bin
 
 help:
-	@echo "make tour   - set up .venv, train + sample the nano models, write reports/tour.html"
+	@echo "make tour   - set up .venv, load the pretrained nano pair, sample + score, write reports/tour.html"
 	@echo "make test   - set up .venv, check notebooks/library sync, run notebook tests and pytest"
 	@echo "make docs   - execute every notebook (CPU) and write the offline book _book/index.html"
 	@echo "make lab    - open JupyterLab on nbs/ (installs the lab extras)"

@@ -136,12 +136,16 @@ def check_cloud(x, name: str = 'points', min_points: int = 1, batched: bool | No
 # %% ../nbs/00_core.ipynb #a21f518e
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    "Yield a temporary path next to `path`; on success rename it over `path` (atomic on POSIX)."
+    """Yield a temporary path next to `path`; on success rename it over `path` (atomic on POSIX). The file gets
+    the permissions a plain `open(path, 'w')` would give (0o666 minus the umask), not mkstemp's private 0o600:
+    reports and checkpoints are meant to be shared."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)

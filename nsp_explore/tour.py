@@ -13,6 +13,7 @@ import torch
 
 from .core import Config, Timer, auto_preset, default_device, seed_everything, versions, atomic_write_text
 from .viz import Report, cloud_grid, pyvista_status, render_png, RenderUnavailable
+from .live import add_scene, sample_scene
 from .shapes import CATEGORIES, make_shape, mesh_and_points_fig
 from .data import DEFAULT_N_PER_CATEGORY, SyntheticShapes, collate
 from .lod import build_lod, lod_slider, tree_fig, compare_downsampling_fig, capacity_cost, LoDDataset
@@ -252,6 +253,9 @@ def _stage_sampling(cfg: TourConfig, rep: Report, model, tok, test, cats, device
              f'({1000 * t.elapsed / len(labels):.0f} ms per shape on {device}), one per test shape, with the same classes.')
     rep.figure(sampling_slider(out, 0, title=f'a sampled {cats[int(labels[0])]}: each scale generated in parallel'),
                caption='coarse-to-fine generation of one sample (slider / play); the previous scale is drawn in grey')
+    add_scene(rep, sample_scene(out, 0, title=f'the same {cats[int(labels[0])]}, scale by scale'),
+              caption='the same sample as a 3-D scene: drag to turn, wheel to zoom; the slider picks the scale, the '
+                      'clip plane cuts it, the menu colours by token id or height')
     per = max(1, min(4, len(labels) // len(cats)))
     pick = [i for c in range(len(cats)) for i in (labels == c).nonzero().flatten().tolist()[:per]]
     rep.figure(cloud_grid([out['points'][i] for i in pick], titles=[cats[int(labels[i])] for i in pick], cols=per,

@@ -44,3 +44,15 @@ def test_atomic_save_leaves_no_partial(tmp_path):
 
 def test_data_samples_dir_exists():
     assert data_samples_dir().is_dir()
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    "Reports, summaries and checkpoints get open()'s permissions (0o666 minus the umask), not mkstemp's 0o600."
+    import os, stat
+    from nsp_explore.core import atomic_write_text
+    old = os.umask(0o022)
+    try:
+        a = atomic_write_text('{}', tmp_path / 'summary.json'); b = atomic_save({'v': 1}, tmp_path / 'ck.pt')
+        plain = tmp_path / 'plain.txt'; plain.write_text('x')
+    finally: os.umask(old)
+    for p in (a, b): assert stat.S_IMODE(p.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
