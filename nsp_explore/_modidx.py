@@ -1058,5 +1058,6 @@ d = { 'settings': { 'branch': 'main',
                                  'nsp_explore.viz.plotly_js': ('viz.html#plotly_js', 'nsp_explore/viz.py'),
                                  'nsp_explore.viz.pyvista_status': ('viz.html#pyvista_status', 'nsp_explore/viz.py'),
                                  'nsp_explore.viz.render_png': ('viz.html#render_png', 'nsp_explore/viz.py'),
+                                 'nsp_explore.viz.report_figures': ('viz.html#report_figures', 'nsp_explore/viz.py'),
                                  'nsp_explore.viz.table_html': ('viz.html#table_html', 'nsp_explore/viz.py'),
                                  'nsp_explore.viz.write_report': ('viz.html#write_report', 'nsp_explore/viz.py')}}}

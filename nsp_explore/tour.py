@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from .core import Config, Timer, auto_preset, default_device, seed_everything, versions, atomic_write_text
-from .viz import Report, cloud_grid, pyvista_status, render_png, RenderUnavailable
+from .viz import Report, cloud_grid, pyvista_status, render_png, RenderUnavailable, report_figures
 from .live import add_scene, sample_scene
 from .shapes import CATEGORIES, make_shape, mesh_and_points_fig
 from .data import DEFAULT_N_PER_CATEGORY, SyntheticShapes, collate

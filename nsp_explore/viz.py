@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_viz.ipynb #caefef0a
 from __future__ import annotations
-import base64, html, io, json, math, os
+import base64, html, io, json, math, os, re
 from pathlib import Path
 from typing import Sequence
 
@@ -17,8 +17,8 @@ from .core import to_numpy, atomic_write_text
 # %% auto #0
 __all__ = ['PALETTE', 'LAZY_PLOTLY_JS', 'category_color', 'label_colors', 'cloud_bounds', 'cloud_trace', 'cloud_fig',
            'cloud_grid', 'cloud_slider', 'curves_fig', 'bar_fig', 'heatmap_fig', 'figure_spec', 'lazy_figure_html',
-           'table_html', 'plotly_js', 'Report', 'write_report', 'RenderUnavailable', 'pyvista_status', 'render_png',
-           'cloud_explorer']
+           'table_html', 'plotly_js', 'Report', 'write_report', 'report_figures', 'RenderUnavailable', 'pyvista_status',
+           'render_png', 'cloud_explorer']
 
 # %% ../nbs/01_viz.ipynb #7c4e3132
 PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f',
@@ -335,6 +335,18 @@ def write_report(path, sections: Sequence, title: str = 'nsp_explore report') ->
         elif isinstance(s, tuple) and s[0] in ('text', 'html'): rep.text(s[1], raw_html=s[0] == 'html')
         else: raise TypeError(f"unknown report section {type(s).__name__}: use a str heading, a plotly Figure, a list of dicts, or ('text', str)")
     return rep.save(path)
+
+def report_figures(path) -> list[tuple[go.Figure, str | None]]:
+    """The plotly figures of a report written by `Report.save` / `write_report`, in order, each with its caption
+    (or None): to show a report's pictures inline in a notebook, or to reuse them."""
+    text = Path(path).read_text(encoding='utf-8')
+    pat = re.compile(r'<script type="application/json" id="nsp-fig-\d+-json">(.*?)</script>(<p class="note">(.*?)</p>)?', re.S)
+    out = []
+    for m in pat.finditer(text):
+        spec = json.loads(m.group(1))                      # JSON reads the '<\/' escape back as '</'
+        spec.pop('config', None)
+        out.append((go.Figure(spec), html.unescape(m.group(3)) if m.group(3) is not None else None))
+    return out
 
 # %% ../nbs/01_viz.ipynb #8cde7e39
 class RenderUnavailable(RuntimeError):
