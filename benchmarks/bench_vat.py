@@ -91,7 +91,8 @@ def car(a):
                 car_metrics={k: float(v) for k, v in m.items()}, recon_metrics={k: float(v) for k, v in m_rec.items()},
                 n_samples=len(labels), categories=list(test.categories),
                 sample_labels=labels[::a.test_per_category].tolist(),
-                sample_points=out['points'][::a.test_per_category].numpy().round(3).tolist())
+                sample_points=[' '.join(f'{v:.3f}' for v in q[:128].reshape(-1).tolist())        # 128 points each, compact
+                               for q in out['points'][::a.test_per_category]])
     print('generated:', meta['car_metrics'], '\nreconstructed:', meta['recon_metrics'], flush=True)
     save_results('vat', prev['rows'], **meta)
 
