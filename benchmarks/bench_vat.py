@@ -6,6 +6,7 @@ samples scored with compute_all_metrics, and a scale-count sweep (--hierarchy, t
 
     python benchmarks/bench_vat.py [--steps 250 350] [--hierarchy] [--save-tokenizer vvq.pt]   # -> results/vat_<device>.json
     python benchmarks/bench_vat.py --car-from vvq.pt [--car-steps 600]   # adds the generator to results/vat_<device>.json
+    python benchmarks/bench_vat.py --extra                               # appends 8 scales and KL weight 1e-2 rows
 """
 from __future__ import annotations
 import argparse, os, time
@@ -97,8 +98,25 @@ def car(a):
     save_results('vat', prev['rows'], **meta)
 
 
+def extra_rows(a):
+    "More nano rows appended to the existing results file: 8 scales (the hierarchy question) and a 100x KL weight."
+    import json
+    from _common import RESULTS, machine
+    torch.set_num_threads(1)
+    prev = json.loads((RESULTS / f"vat_{machine()['device']}.json").read_text())
+    train = OccupancyShapes('train', n_points=256, n_queries=4096, n_per_category=a.train_per_category, sdf=True)
+    val = OccupancyShapes('val', n_points=256, n_queries=4096, sdf=True)
+    rows, meta = prev['rows'], dict(prev['meta'])
+    for name, kw in [('VVQ, 8 scales', dict(scales=(1, 4, 9, 16, 25, 36, 49, 64))), ('VVQ, KL weight 1e-2', dict(kl_weight=1e-2))]:
+        load0 = list(os.getloadavg())
+        row = run(name, train, val, a, a.n_mesh, **kw)[1]
+        rows = [r for r in rows if r['tokenizer'] != name] + [dict(row, loadavg_start=load0, loadavg_end=list(os.getloadavg()))]
+        save_results('vat', rows, **meta)
+
+
 def main(a):
     if a.car_from: return car(a)
+    if a.extra: return extra_rows(a)
     torch.set_num_threads(1)
     load0 = os.getloadavg()
     train = OccupancyShapes('train', n_points=256, n_queries=4096, n_per_category=a.train_per_category, sdf=True)
@@ -130,6 +148,7 @@ if __name__ == '__main__':
     p.add_argument('--hierarchy', action='store_true')
     p.add_argument('--save-tokenizer', default='')
     p.add_argument('--car-from', default='')
+    p.add_argument('--extra', action='store_true', help='append the 8-scale and KL 1e-2 rows to the results file')
     p.add_argument('--car-steps', type=int, default=600)
     p.add_argument('--test-per-category', type=int, default=5)
     main(p.parse_args())
