@@ -41,6 +41,7 @@ REFERENCE = [('00_core', 'devices, seeds, progress bars, configs'),
              ('08_train', 'the training loop shared by every model')]
 OTHERS = [('12_occupancy', 'occupancy fields: query pools, meshes, IoU and F-score'),
           ('13_g3pt', 'G3PT: cross-scale querying tokens, lookup-free quantization, occupancy decoding'),
+          ('14_vat', 'VAT: Gaussian latent tokens, variational residual quantization, bytes per shape'),
           ('15_masked', 'SMART-3D: masked parallel decoding with linear attention')]
 OTHERS += [('16_flat_ar', 'flat autoregression: one point per network call, and the permutation test'),
            ('17_compare', 'every paradigm on the same 100 shapes: quality, network calls, time, size')]
