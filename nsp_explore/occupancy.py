@@ -333,11 +333,17 @@ def mesh_slider(meshes: Sequence, titles: Sequence[str] | None = None, title: st
     if len(titles) != len(meshes): raise ValueError(f"{len(titles)} titles for {len(meshes)} meshes")
     empty = lambda: go.Mesh3d(x=[], y=[], z=[], i=[], j=[], k=[])
     traces = [mesh_trace(m) if len(m.faces) else empty() for m in meshes]
+    # an empty mesh (the decoded field never crosses the level) says so in its title; the slider opens on the
+    # first mesh with a surface, so the figure is never blank when it first shows
+    frame_titles = [t if len(m.faces) else f'{t} (no surface at this level)' for m, t in zip(meshes, titles)]
+    first = next((i for i, m in enumerate(meshes) if len(m.faces)), 0)
     vs = [np.asarray(m.vertices) for m in meshes if len(m.faces)]
     lo = float(min([v.min() for v in vs], default=-0.5)); hi = float(max([v.max() for v in vs], default=0.5))
-    fig = go.Figure(data=[traces[0]], frames=[go.Frame(data=[t], name=str(i), layout=dict(title=titles[i]))
-                                              for i, t in enumerate(traces)])
+    fig = go.Figure(data=[traces[first]], frames=[go.Frame(data=[t], name=str(i), layout=dict(title=frame_titles[i]))
+                                                  for i, t in enumerate(traces)])
     anim = lambda i: [[str(i)], dict(mode='immediate', frame=dict(duration=0, redraw=True), transition=dict(duration=0))]
-    fig.update_layout(sliders=[dict(active=0, steps=[dict(method='animate', args=anim(i), label=t) for i, t in enumerate(titles)])],
-                      scene=_scene([[lo, hi]] * 3), height=height, title=title or titles[0], margin=dict(l=0, r=0, t=40, b=0))
+    fig.update_layout(sliders=[dict(active=first, steps=[dict(method='animate', args=anim(i), label=t) for i, t in enumerate(titles)])],
+                      scene=_scene([[lo, hi]] * 3), height=height, title=title or frame_titles[first], margin=dict(l=0, r=0, t=40, b=0))
+    if not vs: fig.add_annotation(text='no surface at any level: the decoded field never crosses it', showarrow=False,
+                                  x=0.5, y=0.5, xref='paper', yref='paper', font=dict(size=16))
     return fig

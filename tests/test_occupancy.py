@@ -186,3 +186,14 @@ def test_mesh_slider_frames_and_errors():
     assert len(fig.frames) == 3 and len(fig.layout.sliders[0].steps) == 3 and len(fig.frames[1].data[0].x) == 0
     with pytest.raises(ValueError, match='titles'): mesh_slider([m], titles=['a', 'b'])
     with pytest.raises(ValueError, match='no meshes'): mesh_slider([])
+
+
+def test_mesh_slider_never_opens_on_an_empty_mesh():
+    "A coarse prefix that decodes to no surface must not leave the figure blank when it first shows."
+    from nsp_explore.occupancy import mesh_slider
+    m = make_shape('bottle')
+    fig = mesh_slider([trimesh.Trimesh(), trimesh.Trimesh(), m], titles=['s1', 's2', 's3'])
+    assert fig.layout.sliders[0].active == 2 and len(fig.data[0].x) == len(m.vertices)
+    assert fig.frames[0].layout.title.text == 's1 (no surface at this level)' and fig.frames[2].layout.title.text == 's3'
+    assert fig.layout.title.text == 's3'
+
