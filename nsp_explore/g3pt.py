@@ -26,10 +26,10 @@ from .occupancy import (extract_mesh, occ_iou, occ_acc, near_surface_acc, cross_
                                    volume_to_mesh)
 
 # %% auto #0
-__all__ = ['G3PTConfig', 'fourier_embed', 'Attention', 'Block', 'voronoi_assign', 'PointEncoder', 'OccupancyDecoder', 'G3PTOut',
-           'G3PTState', 'G3PTTokenizer', 'shape_batches', 'pick_queries', 'tokenizer_loss', 'train_tokenizer',
-           'usage_per_scale', 'evaluate_tokenizer', 'prefix_next_scale_loss', 'progressive_schedule', 'train_car',
-           'score_samples']
+__all__ = ['G3PTConfig', 'fourier_embed', 'Attention', 'Block', 'voronoi_assign', 'PointEmbed', 'PointEncoder',
+           'OccupancyDecoder', 'G3PTOut', 'G3PTState', 'OccupancyDecoding', 'G3PTTokenizer', 'shape_batches',
+           'pick_queries', 'tokenizer_loss', 'train_tokenizer', 'usage_per_scale', 'evaluate_tokenizer',
+           'prefix_next_scale_loss', 'progressive_schedule', 'train_car', 'score_samples']
 
 # %% ../nbs/13_g3pt.ipynb #c4a9a2e4
 @dataclass
@@ -123,24 +123,33 @@ def voronoi_assign(pos_BM3: torch.Tensor, s: int) -> torch.Tensor:
     "`(B, M)` int64: for each of M points (in FPS order), the nearest of the first `s` (a nested Voronoi pooling)."
     return torch.cdist(pos_BM3, pos_BM3[:, :s]).argmin(-1)
 
+class PointEmbed(nn.Sequential):
+    "Per-point features `(B, N, dim)` from Fourier features of the positions (+ the normals): a 2-layer MLP."
+    def __init__(self, dim: int, n_freqs: int, use_normals: bool):
+        d_in = 3 + 6 * n_freqs + (3 if use_normals else 0)
+        super().__init__(nn.Linear(d_in, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.n_freqs, self.use_normals = n_freqs, use_normals
+
+    def points(self, x_BN3, normals_BN3=None):
+        feats = [fourier_embed(x_BN3, self.n_freqs)]
+        if self.use_normals:
+            if normals_BN3 is None: raise ValueError("this tokenizer reads normals (use_normals=True): pass normals (B, N, 3)")
+            feats.append(normals_BN3)
+        return self(torch.cat(feats, -1))
+
 class PointEncoder(nn.Module):
     "Surface points (+ normals) `(B, N, 3)` -> latent set `Z (B, M, C)` by cross-attention, then self-attention."
     def __init__(self, cfg: G3PTConfig):
         super().__init__()
         self.cfg = cfg
-        d_in = 3 + 6 * cfg.n_freqs + (3 if cfg.use_normals else 0)
-        self.embed = nn.Sequential(nn.Linear(d_in, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        self.embed = PointEmbed(cfg.dim, cfg.n_freqs, cfg.use_normals)
         self.latents = nn.Parameter(torch.randn(cfg.n_latents, cfg.dim) * 0.02) if cfg.latent_init == 'learned' else None
         self.cross = Block(cfg.dim, cfg.n_heads)
         self.layers = nn.ModuleList([Block(cfg.dim, cfg.n_heads) for _ in range(cfg.enc_layers)])
 
     def forward(self, x_BN3, normals_BN3=None):
         "Returns `(Z (B, M, C), latent positions (B, M, 3) or None)`."
-        feats = [fourier_embed(x_BN3, self.cfg.n_freqs)]
-        if self.cfg.use_normals:
-            if normals_BN3 is None: raise ValueError("this tokenizer reads normals (use_normals=True): pass normals (B, N, 3)")
-            feats.append(normals_BN3)
-        h = self.embed(torch.cat(feats, -1))                                              # (B, N, C)
+        h = self.embed.points(x_BN3, normals_BN3)                                         # (B, N, C)
         if self.latents is not None: q, pos = self.latents[None].expand(len(h), -1, -1), None
         else:   # FPS from the centroid: depends on the point set, not on its order
             idx = fps_order(x_BN3.detach(), self.cfg.n_latents, start='centroid')        # (B, M)
@@ -199,7 +208,36 @@ class G3PTState:
     def n_scales(self) -> int: return len(self.indices)
 
 # %% ../nbs/13_g3pt.ipynb #7e109af2
-class G3PTTokenizer(nn.Module):
+class OccupancyDecoding:
+    """Teacher inputs and decoding shared by the occupancy tokenizers (G3PT here, VAT in `14_vat`): a mixin over a
+    module with `K`, `start_state`, `add_scale`, `surface_points` and `meshes`."""
+    @torch.no_grad()
+    def teacher_inputs(self, indices: list) -> list:
+        "Teacher forcing: [(feat, None, None) for k = 0..K-2] from ground-truth tokens."
+        return incremental_teacher_inputs(self, indices)
+
+    @torch.no_grad()
+    def z_from_indices(self, indices: list) -> list:
+        "Ẑ after scales 1..s for every s (K tensors `(B, M, C)`) from a prefix or all of the token maps."
+        st, out = self.start_state(indices[0].shape[0], indices[0].device), []
+        for k, idx in enumerate(indices): out.append(self.add_scale(st, k, idx).z_hat)
+        return out
+
+    def decode_state(self, state: G3PTState) -> torch.Tensor:
+        "The final cloud `(B, n_points, 3)`: surface samples of the mesh decoded from a state holding all K scales."
+        if state.n_scales != self.K: raise ValueError(f"decode_state needs all {self.K} scales, the state holds {state.n_scales}")
+        return self.surface_points(state.z_hat)
+
+    @torch.no_grad()
+    def decode(self, indices: list, meshes: bool = False) -> dict:
+        "Tokens list[(B, s_k)] -> dict(points (B, n_points, 3), z_hat (B, M, C)[, meshes])."
+        if len(indices) != self.K: raise ValueError(f"decode needs {self.K} scales of tokens, got {len(indices)}")
+        z = self.z_from_indices(indices)[-1]
+        out = dict(points=self.surface_points(z), z_hat=z)
+        if meshes: out['meshes'] = self.meshes(z)
+        return out
+
+class G3PTTokenizer(OccupancyDecoding, nn.Module):
     """G3PT's cross-scale querying tokenizer (CQT): points -> latent set -> K scales of LFQ tokens -> occupancy.
 
     Keeps the generators' incremental tokenizer interface (`encode`, `start_state`, `add_scale`,
@@ -336,18 +374,6 @@ class G3PTTokenizer(nn.Module):
         return self.down(k + 1, src), None, None
 
     @torch.no_grad()
-    def teacher_inputs(self, indices: list) -> list:
-        "Teacher forcing: [(feat, None, None) for k = 0..K-2] from ground-truth tokens."
-        return incremental_teacher_inputs(self, indices)
-
-    @torch.no_grad()
-    def z_from_indices(self, indices: list) -> list:
-        "Ẑ after scales 1..s for every s (K tensors `(B, M, C)`) from a prefix or all of the token maps."
-        st, out = self.start_state(indices[0].shape[0], indices[0].device), []
-        for k, idx in enumerate(indices): out.append(self.add_scale(st, k, idx).z_hat)
-        return out
-
-    @torch.no_grad()
     def meshes(self, z_hat_BMC, res: int | None = None, chunk: int = 16384, method: str = 'auto') -> list:
         "One mesh per latent set (marching cubes of the decoded field at `res`, default `cfg.mesh_res`)."
         h, anchor = self.decoder.context(z_hat_BMC)
@@ -371,19 +397,7 @@ class G3PTTokenizer(nn.Module):
                 out.append(g[z.topk(n).indices])
         return torch.stack(out).to(z_hat_BMC.device)
 
-    def decode_state(self, state: G3PTState) -> torch.Tensor:
-        "The final cloud `(B, n_points, 3)`: surface samples of the mesh decoded from a state holding all K scales."
-        if state.n_scales != self.K: raise ValueError(f"decode_state needs all {self.K} scales, the state holds {state.n_scales}")
-        return self.surface_points(state.z_hat)
 
-    @torch.no_grad()
-    def decode(self, indices: list, meshes: bool = False) -> dict:
-        "Tokens list[(B, s_k)] -> dict(points (B, n_points, 3), z_hat (B, M, C)[, meshes])."
-        if len(indices) != self.K: raise ValueError(f"decode needs {self.K} scales of tokens, got {len(indices)}")
-        z = self.z_from_indices(indices)[-1]
-        out = dict(points=self.surface_points(z), z_hat=z)
-        if meshes: out['meshes'] = self.meshes(z)
-        return out
 
 # %% ../nbs/13_g3pt.ipynb #687b0124
 def shape_batches(ds, batch_size: int, seed: int = 0):

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from .core import Config, check_cloud, to_numpy
 from .quantize import VectorQuantizer, MultiScaleQuantOut
-from .g3pt import Attention, Block, fourier_embed, G3PTState, shape_batches, pick_queries, evaluate_tokenizer
-from .tokenizer import incremental_teacher_inputs
+from .g3pt import (Attention, Block, fourier_embed, G3PTState, OccupancyDecoding, PointEmbed, shape_batches, pick_queries,
+                               evaluate_tokenizer)
 from .train import TrainConfig, fit
 from .occupancy import extract_mesh, grid_points, occ_iou, mesh_metrics
 from .shapes import sample_surface
@@ -86,19 +86,14 @@ class InContextEncoder(nn.Module):
     def __init__(self, cfg: VATConfig):
         super().__init__()
         self.cfg = cfg
-        d_in = 3 + 6 * cfg.n_freqs + (3 if cfg.use_normals else 0)
-        self.embed = nn.Sequential(nn.Linear(d_in, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+        self.embed = PointEmbed(cfg.dim, cfg.n_freqs, cfg.use_normals)
         self.queries = nn.Parameter(torch.randn(cfg.n_inputs, cfg.dim) * 0.02)
         self.latents = nn.Parameter(torch.randn(cfg.n_latents, cfg.dim) * 0.02)
         self.read = Block(cfg.dim, cfg.n_heads)
         self.layers = nn.ModuleList([Block(cfg.dim, cfg.n_heads) for _ in range(cfg.enc_layers)])
 
     def forward(self, x_BN3, normals_BN3=None):
-        feats = [fourier_embed(x_BN3, self.cfg.n_freqs)]
-        if self.cfg.use_normals:
-            if normals_BN3 is None: raise ValueError("this tokenizer reads normals (use_normals=True): pass normals (B, N, 3)")
-            feats.append(normals_BN3)
-        h = self.embed(torch.cat(feats, -1))                                        # (B, N, dim)
+        h = self.embed.points(x_BN3, normals_BN3)                                   # (B, N, dim)
         B = len(h)
         I = self.read(self.queries[None].expand(B, -1, -1), h)                      # (B, n_inputs, dim)
         x = torch.cat([I, self.latents[None].expand(B, -1, -1)], 1)                 # (B, n_inputs + K, dim)
@@ -321,7 +316,7 @@ def nbytes(scales, codebook_size: int) -> int:
     per = math.ceil(math.log2(codebook_size) / 8) if codebook_size > 1 else 0
     return int(sum(scales)) * per
 
-class VATTokenizer(nn.Module):
+class VATTokenizer(OccupancyDecoding, nn.Module):
     """VAT: points -> K Gaussian latent tokens -> VVQ tokens over square scales -> triplane occupancy.
 
     `stage`: 1 = no quantizer (Ẑ = Z₀), 2 = quantized (`set_stage`)."""
@@ -399,16 +394,6 @@ class VATTokenizer(nn.Module):
         return self.quant.down(k + 1, state.z_hat), None, None
 
     @torch.no_grad()
-    def teacher_inputs(self, indices: list) -> list: return incremental_teacher_inputs(self, indices)
-
-    @torch.no_grad()
-    def z_from_indices(self, indices: list) -> list:
-        "Ẑ_≤s for every s of a prefix (or all) of the token maps: a list of `(B, K, C_q)`."
-        st, out = self.start_state(indices[0].shape[0], indices[0].device), []
-        for k, idx in enumerate(indices): out.append(self.add_scale(st, k, idx).z_hat)
-        return out
-
-    @torch.no_grad()
     def meshes(self, z_hat_BKC, res: int | None = None, chunk: int = 32768, method: str = 'auto') -> list:
         "One mesh per latent grid (marching cubes of the decoded field at `res`, default `cfg.mesh_res`)."
         planes, out = self.decoder.context(z_hat_BKC), []
@@ -428,19 +413,6 @@ class VATTokenizer(nn.Module):
                 g = grid_points(res or self.cfg.mesh_res, self.cfg.box).to(z_hat_BKC.device)
                 out.append(g[self.decoder(z_hat_BKC[b:b + 1], g[None])[0].topk(n).indices].cpu())
         return torch.stack(out).to(z_hat_BKC.device)
-
-    def decode_state(self, state: G3PTState) -> torch.Tensor:
-        if state.n_scales != self.K: raise ValueError(f"decode_state needs all {self.K} scales, the state holds {state.n_scales}")
-        return self.surface_points(state.z_hat)
-
-    @torch.no_grad()
-    def decode(self, indices: list, meshes: bool = False) -> dict:
-        "Tokens list[(B, s_k)] -> dict(points (B, n_points, 3), z_hat (B, K, C_q)[, meshes])."
-        if len(indices) != self.K: raise ValueError(f"decode needs {self.K} scales of tokens, got {len(indices)}")
-        z = self.z_from_indices(indices)[-1]
-        out = dict(points=self.surface_points(z), z_hat=z)
-        if meshes: out['meshes'] = self.meshes(z)
-        return out
 
 # %% ../nbs/14_vat.ipynb #a2c90cab
 def vat_loss(model, batch: dict) -> dict:
