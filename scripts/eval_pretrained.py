@@ -24,8 +24,17 @@ def main():
     ap.add_argument('--name', default='nano')
     ap.add_argument('--n', type=int, default=50, help='samples and test shapes per category')
     ap.add_argument('--emd', default='exact', help="EMD solver of compute_all_metrics ('exact' at 256 points)")
+    ap.add_argument('--dir', default=None, help='score a pair in this folder (as written by train_pretrained.py) '
+                    'instead of the shipped one; its scores go to <dir>/<name>.json and pretrained_<name>_<tag>_cpu.json')
+    ap.add_argument('--tag', default=None, help='suffix of the results file name when --dir is given')
     a = ap.parse_args()
-    tok, gen = load_pretrained(a.name)
+    if a.dir:
+        from nsp_explore.generate import load_generator
+        from nsp_explore.train_tokenizer import load_tokenizer
+        d = Path(a.dir)
+        tok, gen = load_tokenizer(d / f'{a.name}_tokenizer.pt'), load_generator(d / f'{a.name}_generator.pt')
+        tok.info = gen.info = json.loads((d / f'{a.name}.json').read_text())
+    else: tok, gen = load_pretrained(a.name)
     cats, N = tok.info.get('categories'), tok.n_points
     train = SyntheticShapes('train', cats, None, n_points=N, resample=False)            # the training statistics
     mean, std = train.normalizer.mean, train.normalizer.std
@@ -53,8 +62,9 @@ def main():
         rows.append(dict(category='mean per category', kind=kind, n=a.n,
                          **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD'))}))
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
-    save_results(f'pretrained_{a.name}', rows, n_per_category=a.n, emd=a.emd, eval_s=time.time() - t0, info=tok.info)
-    p = ROOT / 'data_samples' / 'pretrained' / f'{a.name}.json'
+    tag = f'_{a.tag}' if a.dir and a.tag else ''
+    save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, eval_s=time.time() - t0, info=tok.info)
+    p = (Path(a.dir) if a.dir else ROOT / 'data_samples' / 'pretrained') / f'{a.name}.json'
     rec = json.loads(p.read_text()); rec['scores'] = rows; p.write_text(json.dumps(rec, indent=2, default=str))
 
 
