@@ -6,13 +6,15 @@ Same held-out shapes (the test split of the pretrained pair's 10 categories, 10 
 256 points, same global normalization (the pretrained pair's statistics), one class-conditional sample per
 test shape (same labels), the same `compute_all_metrics` (de-normalized, `--emd` solver), same device.
 PointNSP is the shipped pretrained pair (`load_pretrained('nano')`, its training time is the one recorded
-when it was made); the masked and flat models are trained here, briefly. A 'real shapes' row (validation
+when it was made), scored at T = 1 and at its recorded per-scale temperatures; the masked and flat models are
+trained here, briefly (at T = 1). `--next-scale-only` redoes only the pair's rows in the existing results file
+(after the shipped pair changed), keeping the other rows and saying so in the file. A 'real shapes' row (validation
 shapes against the test shapes) is the ideal. Also: transformer calls per shape, sampling wall time at
 batch 1 (median of 3) and 64 (per shape), training time and parameters.
 Writes benchmarks/results/compare_cpu.json (rows + a few samples per model for the lesson's figure).
 """
 from __future__ import annotations
-import argparse, base64, os, statistics, sys, time
+import argparse, base64, json, os, statistics, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +75,58 @@ def token_ar_row(a, tok, gen, cats, N, norm, labels) -> dict:
                 params=n_params(tok, model), params_generator=n_params(model), loss=float(h.last('loss')))
 
 
+def next_scale_rows(a, tok, gen, labels, refs, norm, FIG_IDX) -> tuple[list, dict]:
+    "The shipped pair's rows (at T = 1 and at its recorded per-scale temperatures): sampled, timed and scored here."
+    rows, figs, ref_m = [], {}, None
+    settings = {'T = 1': 1.0}
+    if gen.info.get('sampling', {}).get('temperature') not in (None, 1.0): settings['per-scale T'] = gen.info['sampling']['temperature']
+    for tag, T in settings.items():
+        smp, _ = timed(lambda: sample(gen, tok, labels=labels, seed=0, temperature=T)['points'])
+        _, t1 = timed(lambda: sample(gen, tok, labels=labels[:1], seed=1, temperature=T), repeat=3)
+        _, t64b = timed(lambda: sample(gen, tok, labels=labels[:64], seed=2, temperature=T))
+        m = compute_all_metrics(smp, refs, norm.mean, norm.std, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
+        ref_m = m.pop('matrices')
+        name = f'next-scale (PointNSP, {tag})'
+        rows.append(dict(model=name, **{k: round(float(m[k]), 4) for k in QUALITY_KEYS}, evals_per_shape=len(tok.scales),
+                         sample_s_b1=round(t1, 4), sample_s_b64_per_shape=round(t64b / 64, 5),
+                         train_s=round(gen.info['tokenizer_s'] + gen.info['generator_s'], 1), params=n_params(tok, gen),
+                         params_generator=n_params(gen), final_loss=gen.info.get('generator_loss'),
+                         evals_note=f'{len(tok.scales)} transformer calls (+ {len(tok.scales)} tokenizer decodes); temperature {T}',
+                         train_note=f"recorded when made ({gen.info['tokenizer_steps']} tokenizer + {gen.info['generator_steps']} "
+                                    f"generator steps, {gen.info.get('device', 'cpu')}; token scales {tuple(tok.scales)})"))
+        figs[name] = pack(smp[FIG_IDX])
+        print(rows[-1], flush=True)
+    return rows, figs
+
+
+def update_next_scale(a, tok, gen, labels, refs, norm, FIG_IDX):
+    "`--next-scale-only`: redo the shipped pair's rows in an existing results file, keep the other rows as they are."
+    path = ROOT / 'benchmarks' / 'results' / 'compare_cpu.json'
+    old = json.loads(path.read_text())
+    load0 = os.getloadavg()[0]
+    new_rows, figs = next_scale_rows(a, tok, gen, labels, refs, norm, FIG_IDX)
+    kept = []
+    for r in old['rows']:
+        if r['model'] == 'next-scale (PointNSP)':                 # the row of the pair that shipped before: keep, renamed
+            fig = old['meta']['fig_samples'].pop(r['model'])
+            r = {**r, 'model': 'next-scale (PointNSP, previous 64-leaf pair, T = 1)'}
+            old['meta']['fig_samples'][r['model']] = fig
+        elif r['model'].startswith('next-scale (PointNSP, T') or r['model'].startswith('next-scale (PointNSP, per'):
+            old['meta']['fig_samples'].pop(r['model'], None); continue
+        kept.append(r)
+    old['rows'] = new_rows + kept
+    old['meta']['fig_samples'].update(figs)
+    old['meta'].setdefault('updates', []).append(dict(
+        date=time.strftime('%Y-%m-%d %H:%M:%S'), rows=[r['model'] for r in new_rows], loadavg_start=load0, loadavg_end=os.getloadavg()[0],
+        note='bench_compare.py --next-scale-only: the shipped pair\'s rows sampled and scored again (same test shapes, labels, '
+             'seeds and protocol); every other row is from the full run above, the token AR row on the previous pair\'s tokens'))
+    path.write_text(json.dumps(old, indent=2))
+    print(f'updated {path}')
+
+
+QUALITY_KEYS = ('1-NNA-CD', '1-NNA-EMD', 'COV-CD', 'COV-EMD', 'MMD-CD', 'MMD-EMD')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--flat-steps', type=int, default=1500)
@@ -83,6 +137,8 @@ def main():
     ap.add_argument('--cache', default='/tmp/compare_samples.pt', help='samples and timings are kept here (--resume reads them)')
     ap.add_argument('--resume', action='store_true')
     ap.add_argument('--token-ar-steps', type=int, default=2000, help="TokenAR (PointNSP's tokens one at a time) steps; 0 leaves it out")
+    ap.add_argument('--next-scale-only', action='store_true', help="redo only the shipped pair's rows in the existing "
+                    "compare_cpu.json (after the pair changed), keeping the other rows")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
     load0 = os.getloadavg()[0]
@@ -96,21 +152,13 @@ def main():
     M = len(refs)
     FIG_IDX = [c * a.n_per_category for c in FIG_CATS]
     print(f'{M} test shapes, {len(cats)} categories, load {load0:.2f}', flush=True)
+    if a.next_scale_only: return update_next_scale(a, tok, gen, labels, refs, norm, FIG_IDX)
 
     if a.resume and Path(a.cache).exists():
         res = torch.load(a.cache)
     else:
         res = {}
-        # --- next-scale: the shipped pretrained pair ----------------------------------------------------
-        smp, t64 = timed(lambda: sample(gen, tok, labels=labels, seed=0)['points'])
-        _, t1 = timed(lambda: sample(gen, tok, labels=labels[:1], seed=1), repeat=3)
-        _, t64b = timed(lambda: sample(gen, tok, labels=labels[:64], seed=2))
-        res['next-scale (PointNSP)'] = dict(
-            points=smp, evals=len(tok.scales), evals_note=f'{len(tok.scales)} transformer calls (+ {len(tok.scales)} tokenizer decodes)',
-            sample_s_b1=t1, sample_s_b64_per_shape=t64b / 64, train_s=gen.info['tokenizer_s'] + gen.info['generator_s'],
-            train_note=f"recorded when made ({gen.info['tokenizer_steps']} tokenizer + {gen.info['generator_steps']} generator steps, CPU)",
-            params=n_params(tok, gen), params_generator=n_params(gen), loss=gen.info.get('generator_loss'))
-        print('next-scale sampled', flush=True)
+        # --- next-scale: the shipped pretrained pair is sampled and scored by next_scale_rows, after the others
         # --- masked: SMART-3D, trained here ---------------------------------------------------------------
         train = SyntheticShapes('train', cats, None, n_points=N, normalizer=norm)
         seed_everything(0)
@@ -171,6 +219,8 @@ def main():
                          params_generator=r['params_generator'], final_loss=r['loss'], evals_note=r['evals_note'], train_note=r['train_note']))
         figs[name] = pack(r['points'][FIG_IDX])
         print(f'{name}: scored ({time.perf_counter() - t0:.0f} s)', flush=True)
+    ns_rows, ns_figs = next_scale_rows(a, tok, gen, labels, refs, norm, FIG_IDX)
+    rows, figs = ns_rows + rows, {**ns_figs, **figs}
     figs['test shapes'] = pack(refs[FIG_IDX])
     print_table([{k: v for k, v in r.items() if not k.endswith('note')} for r in rows],
                 f'compare nano: {M} test shapes vs one class-conditional sample each ({a.emd} EMD, de-normalized)')

@@ -5,6 +5,7 @@
 # %% ../nbs/10_generate.ipynb #7d50aed8
 from __future__ import annotations
 import math
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from .train import CheckpointError, TrainConfig, fit, load_checkpoint
 # %% auto #0
 __all__ = ['GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config', 'train_generator',
            'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine',
-           'sample_logits', 'PrefixRecompute', 'scale_logits', 'sample', 'sampling_slider', 'token_map_fig',
-           'class_gallery', 'complete', 'completion_fig']
+           'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_logits', 'sample', 'sampling_slider',
+           'token_map_fig', 'class_gallery', 'complete', 'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -240,14 +241,22 @@ def _check_sample_args(n, temperature, top_k, top_p, cfg_scale, batch_size):
     if n is not None and not (_is_int(n) and n >= 1): raise ValueError(f"sample: n must be a positive integer, got {n!r}")
     if not (_is_int(batch_size) and batch_size >= 1):
         raise ValueError(f"sample: batch_size must be a positive integer, got {batch_size!r}")
-    if not (_is_num(temperature) and math.isfinite(float(temperature)) and float(temperature) > 0):
-        raise ValueError(f"sample: temperature must be a finite number > 0, got {temperature!r}")
+    temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature]
+    if not temps or not all(_is_num(t) and math.isfinite(float(t)) and float(t) > 0 for t in temps):
+        raise ValueError(f"sample: temperature must be a finite number > 0 (or one per scale), got {temperature!r}")
     if top_k is not None and not (_is_int(top_k) and top_k >= 1):
         raise ValueError(f"sample: top_k must be None or an integer >= 1, got {top_k!r}")
     if top_p is not None and not (_is_num(top_p) and 0 < float(top_p) <= 1):
         raise ValueError(f"sample: top_p must be None or a number in (0, 1], got {top_p!r}")
     if not (_is_num(cfg_scale) and math.isfinite(float(cfg_scale))):
         raise ValueError(f"sample: cfg_scale must be a finite number, got {cfg_scale!r}")
+
+def scale_temperatures(temperature, K: int) -> list[float]:
+    "One temperature per scale: a number is used at every scale; a sequence must have one entry per scale (K)."
+    if isinstance(temperature, (list, tuple)):
+        if len(temperature) != K: raise ValueError(f"sample: {len(temperature)} temperatures for {K} scales (give one per scale, or one number)")
+        return [float(t) for t in temperature]
+    return [float(temperature)] * K
 
 def _sample_labels(model, n, labels, device) -> torch.Tensor:
     "Labels `(B,)` for sampling: given ones, one class repeated `n` times, or the null class (unconditional)."
@@ -304,17 +313,18 @@ def _sample_batch(model, tokenizer, labels, fixed, cfg_scale, pick, use_cache=Tr
         inputs = () if k == 0 else tokenizer.next_scale_inputs(state, k - 1)   # parents of scale k
         with autocast(device):
             logits = scale_logits(model, k, inputs, labels, cache, cfg_scale)  # (B, s_k, V)
-        idx = fixed[k] if k < len(fixed) else pick(logits)                     # (B, s_k)
+        idx = fixed[k] if k < len(fixed) else pick(logits, k)                  # (B, s_k)
         state = tokenizer.add_scale(state, k, idx)
     return dict(points=tokenizer.decode_state(state), scale_points=list(state.positions), indices=list(state.indices))
 
 @torch.no_grad()
-def sample(model, tokenizer, n: int | None = None, labels=None, temperature: float = 1.0, top_k: int | None = None,
+def sample(model, tokenizer, n: int | None = None, labels=None, temperature: float | Sequence[float] = 1.0, top_k: int | None = None,
            top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
            seed: int | None = None, fixed_indices=None, batch_size: int = 64, use_cache: bool = True) -> dict:
     """Sample shapes coarse to fine.
 
-    `labels`: None (unconditional), one class id (with `n`), or `(B,)` class ids. `cfg_scale`: guidance
+    `labels`: None (unconditional), one class id (with `n`), or `(B,)` class ids. `temperature`: one number, or
+    one per scale (e.g. cooler at the fine scales, whose tokens a small model predicts worst). `cfg_scale`: guidance
     weight (1 = plain conditional; > 1 stronger class; needs a conditional model). `fixed_indices`:
     token maps of the first m scales to keep (completion / upsampling). `use_cache=False` recomputes
     every prefix (the slow reference). Returns dict with
@@ -325,7 +335,8 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     labels = _sample_labels(model, n, labels, device)
     fixed = _check_fixed(tokenizer, fixed_indices, len(labels), device)
     if generator is None: generator = torch.Generator(device).manual_seed(0 if seed is None else seed)
-    pick = partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    temps = scale_temperatures(temperature, len(tokenizer.scales))
+    pick = lambda logits, k: sample_logits(logits, temps[k], top_k, top_p, generator)
     guided = cfg_scale != 1.0
     if guided and model.n_classes == 0: raise ValueError("cfg_scale != 1 needs a class-conditional model")
     modes = model.training, tokenizer.training

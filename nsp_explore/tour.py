@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from .core import Config, Timer, auto_preset, default_device, seed_everything, versions, atomic_write_text
+from .core import Config, Timer, auto_preset, data_samples_dir, default_device, seed_everything, versions, atomic_write_text
 from .viz import Report, cloud_grid, pyvista_status, render_png, RenderUnavailable, report_figures
 from .live import add_scene, sample_scene
 from .shapes import CATEGORIES, make_shape, mesh_and_points_fig
@@ -27,7 +27,8 @@ from .generate import (cache_tokens, generator_train_config, train_generator, sa
 import nsp_explore.generate as gen
 
 # %% auto #0
-__all__ = ['TourConfig', 'run_keys', 'run_paths', 'check_output_paths', 'cpu_threads', 'run_tour', 'main']
+__all__ = ['TourConfig', 'tour_tokenizer_config', 'sampling_temperature', 'run_keys', 'run_paths', 'check_output_paths',
+           'cpu_threads', 'run_tour', 'main']
 
 # %% ../nbs/11_tour.ipynb #b205d44d
 @dataclass
@@ -42,7 +43,7 @@ class TourConfig(Config):
     generator_steps: int | None = None
     emd: str = 'exact'                     # EMD solver for the scores: 'exact' (Hungarian; fast at nano's 256 points) | 'auction'
     pretrained: str | None = None          # load this shipped pair (generate.load_pretrained) instead of training
-    temperature: float = 1.0
+    temperature: float | tuple | None = None  # one number or one per token scale; None: the pretrained pair's setting, else 1
     top_p: float | None = None
     seed: int = 0
 
@@ -74,7 +75,9 @@ class TourConfig(Config):
                 raise ValueError("TourConfig.pretrained: the shipped pair was trained on every category with the default "
                                  "data; leave categories and n_train at None (or set pretrained=None to train)")
         if self.emd not in ('exact', 'auction'): raise ValueError(f"TourConfig.emd must be 'exact' or 'auction', got {self.emd!r}")
-        if not self.temperature > 0: raise ValueError(f"TourConfig.temperature must be > 0, got {self.temperature}")
+        temps = self.temperature if isinstance(self.temperature, tuple) else (self.temperature,)
+        if self.temperature is not None and not (temps and all(isinstance(t, (int, float)) and t > 0 for t in temps)):
+            raise ValueError(f"TourConfig.temperature must be None, a number > 0 or a tuple of them, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"TourConfig.top_p must be None or in (0, 1], got {self.top_p}")
 
@@ -85,10 +88,22 @@ def _tok_train_cfg(cfg: TourConfig):
 def _gen_train_cfg(cfg: TourConfig):
     return generator_train_config(cfg.model, seed=cfg.seed, **({} if cfg.generator_steps is None else dict(steps=cfg.generator_steps)))
 
+def tour_tokenizer_config(cfg: TourConfig) -> TokenizerConfig:
+    "The tour's tokenizer config: the shipped pair's own (from its record) when `cfg.pretrained`, else the preset's."
+    if not cfg.pretrained: return TokenizerConfig.preset(cfg.model)
+    rec = data_samples_dir() / 'pretrained' / f'{cfg.pretrained}.json'
+    if not rec.exists(): raise FileNotFoundError(f"no record {rec} of the pretrained pair {cfg.pretrained!r} (scripts/train_pretrained.py writes it)")
+    return TokenizerConfig.from_dict(json.loads(rec.read_text())['tokenizer_config'])
+
+def sampling_temperature(cfg: TourConfig, info: dict | None = None):
+    "The tour's sampling temperature: `cfg.temperature`, else the pretrained pair's recorded setting, else 1."
+    if cfg.temperature is not None: return list(cfg.temperature) if isinstance(cfg.temperature, tuple) else cfg.temperature
+    return (info or {}).get('sampling', {}).get('temperature', 1.0) if cfg.pretrained else 1.0
+
 def run_keys(cfg: TourConfig) -> dict:
     "Everything the tour's trained tokenizer and generator depend on, as plain dicts `{'tokenizer': ..., 'generator': ...}`."
     from nsp_explore import __version__
-    tok_cfg = TokenizerConfig.preset(cfg.model)
+    tok_cfg = tour_tokenizer_config(cfg)
     data = dict(categories=list(CATEGORIES if cfg.categories is None else cfg.categories), seed=cfg.seed,
                 n_train=DEFAULT_N_PER_CATEGORY['train'] if cfg.n_train is None else cfg.n_train,
                 n_val=DEFAULT_N_PER_CATEGORY['val'] if cfg.n_val is None else cfg.n_val, n_points=tok_cfg.n_points)
@@ -113,6 +128,8 @@ def _claim_run_dir(paths: dict):
         raise RuntimeError(f"{paths['dir']} holds checkpoints of another configuration (see its run.json); use another workdir")
     rec['generators'][paths['generator'].name] = paths['keys']['generator']
     atomic_write_text(json.dumps(rec, indent=1, sort_keys=True, default=str), f)
+
+
 
 # %% ../nbs/11_tour.ipynb #b395dca3
 def _log(msg: str):
@@ -247,10 +264,13 @@ def _stage_sampling(cfg: TourConfig, rep: Report, model, tok, test, cats, device
     "Coarse-to-fine samples (one per test shape, same classes), gallery, token maps, completion."
     labels = test.labels.to(device)
     with Timer() as t:
-        out = sample(model, tok, labels=labels, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+        temperature = sampling_temperature(cfg, getattr(tok, 'info', None))
+        out = sample(model, tok, labels=labels, temperature=temperature, top_p=cfg.top_p, seed=cfg.seed)
     rep.heading('5. Sampling, coarse to fine')
     rep.text(f'{len(labels)} shapes sampled scale by scale with a KV cache in {t.elapsed:.1f} s '
-             f'({1000 * t.elapsed / len(labels):.0f} ms per shape on {device}), one per test shape, with the same classes.')
+             f'({1000 * t.elapsed / len(labels):.0f} ms per shape on {device}), one per test shape, with the same classes, '
+             f'at temperature {temperature}' + (' (one per scale: the finest scales cooled, the setting recorded with the '
+             'pretrained pair, see notebook 10_generate)' if isinstance(temperature, list) else '') + '.')
     rep.figure(sampling_slider(out, 0, title=f'a sampled {cats[int(labels[0])]}: each scale generated in parallel'),
                caption='coarse-to-fine generation of one sample (slider / play); the previous scale is drawn in grey')
     add_scene(rep, sample_scene(out, 0, title=f'the same {cats[int(labels[0])]}, scale by scale'),
@@ -339,7 +359,7 @@ def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/t
     paths = run_paths(cfg, workdir)
     _claim_run_dir(paths)
     seed_everything(cfg.seed)
-    tok_cfg = TokenizerConfig.preset(cfg.model)
+    tok_cfg = tour_tokenizer_config(cfg)
     rep = Report('nsp_explore tour: next-scale point-cloud generation')
     rep.text('Generating a point cloud point by point forces an order onto an unordered set. Next-scale prediction '
              'generates the whole shape at a coarse level of detail, then each finer level conditioned on all coarser '

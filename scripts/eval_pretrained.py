@@ -26,8 +26,18 @@ def main():
     ap.add_argument('--emd', default='exact', help="EMD solver of compute_all_metrics ('exact' at 256 points)")
     ap.add_argument('--dir', default=None, help='score a pair in this folder (as written by train_pretrained.py) '
                     'instead of the shipped one; its scores go to <dir>/<name>.json and pretrained_<name>_<tag>_cpu.json')
-    ap.add_argument('--tag', default=None, help='suffix of the results file name when --dir is given')
+    ap.add_argument('--tag', default=None, help='suffix of the results file name (with --dir, or with sampling settings)')
+    ap.add_argument('--metrics', default='cd,emd', help="distances to score: 'cd,emd' (the protocol) or 'cd' (fast sweeps)")
+    ap.add_argument('--temperature', default=None, help="sampling temperature, one number or one per scale "
+                    "(comma-separated; default: the pair's own setting, else 1)")
+    ap.add_argument('--top-k', type=int, default=None); ap.add_argument('--top-p', type=float, default=None)
+    ap.add_argument('--cfg', type=float, default=None, help='classifier-free guidance scale (None: plain conditional)')
+    ap.add_argument('--no-recon', action='store_true', help="skip the tokenizer's reconstructions (sampling sweeps)")
+    ap.add_argument('--refs', default='test', choices=('test', 'val'), help="reference split: 'val' to tune sampling "
+                    "settings without looking at the test shapes (needs --no-recon), 'test' to report")
+    ap.add_argument('--no-write', action='store_true', help='do not write the scores into the pair\'s json')
     a = ap.parse_args()
+    if a.refs == 'val' and not a.no_recon: ap.error('--refs val scores samples only: add --no-recon')
     if a.dir:
         from nsp_explore.generate import load_generator
         from nsp_explore.train_tokenizer import load_tokenizer
@@ -40,32 +50,40 @@ def main():
     mean, std = train.normalizer.mean, train.normalizer.std
     rows, t0 = [], time.time()
     mixed_s, mixed_r = [], []
+    metrics = tuple(a.metrics.split(','))
+    temp = [float(t) for t in a.temperature.split(',')] if a.temperature else tok.info.get('sampling', {}).get('temperature', 1.0)
+    kw = dict(temperature=temp[0] if isinstance(temp, list) and len(temp) == 1 else temp,
+              top_k=a.top_k, top_p=a.top_p, cfg_scale=1.0 if a.cfg is None else a.cfg)
+    print('sampling:', kw, flush=True)
     for c, cat in enumerate(cats):
-        test = SyntheticShapes('test', [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
+        test = SyntheticShapes(a.refs, [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
         val = SyntheticShapes('val', [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
         refs = torch.stack([test[i]['points'] for i in range(len(test))])
-        smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c)['points']
-        with torch.no_grad(): rec = tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
+        smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c, **kw)['points']
+        with torch.no_grad(): rec = None if a.no_recon else tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
         ref_m = None
-        for kind, X in (('samples', smp), ('tokenizer_recon', rec)):
-            m = compute_all_metrics(X, refs, mean, std, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
+        for kind, X in (('samples', smp),) + ((('tokenizer_recon', rec),) if not a.no_recon else ()):
+            m = compute_all_metrics(X, refs, mean, std, metrics=metrics, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
             ref_m = m.pop('matrices')                                  # the test-vs-test distances are computed once
             rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), 4) for k, v in m.items()
                                                                  if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k}))
         mixed_s.append(smp[: max(1, a.n // len(cats) * 2)]); mixed_r.append(refs[: max(1, a.n // len(cats) * 2)])
         print(f'{cat}: done ({time.time() - t0:.0f} s)', flush=True)
-    m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, emd=a.emd, jsd=False)
+    m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, metrics=metrics, emd=a.emd, jsd=False)
     rows.append(dict(category='mixed', kind='samples', n=len(torch.cat(mixed_s)),
                      **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k}))
-    for kind in ('samples', 'tokenizer_recon'):
+    for kind in ('samples',) + (('tokenizer_recon',) if not a.no_recon else ()):
         sel = [r for r in rows if r['kind'] == kind and r['category'] != 'mixed']
         rows.append(dict(category='mean per category', kind=kind, n=a.n,
                          **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD'))}))
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
-    tag = f'_{a.tag}' if a.dir and a.tag else ''
-    save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, eval_s=time.time() - t0, info=tok.info)
+    tag = f'_{a.tag}' if a.tag else ''
+    save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, refs=a.refs,
+                 eval_s=time.time() - t0, info=tok.info)
+    if a.no_write: return
     p = (Path(a.dir) if a.dir else ROOT / 'data_samples' / 'pretrained') / f'{a.name}.json'
-    rec = json.loads(p.read_text()); rec['scores'] = rows; p.write_text(json.dumps(rec, indent=2, default=str))
+    rec = json.loads(p.read_text()); rec['scores'] = rows; rec['scores_sampling'] = kw
+    p.write_text(json.dumps(rec, indent=2, default=str))
 
 
 if __name__ == '__main__':

@@ -35,19 +35,20 @@ def test_tour_cli_rejects_unknown_preset(tmp_path):
 
 def test_nano_preset_loads_the_shipped_pair_and_checks_it():
     import torch
-    from nsp_explore.tour import TourConfig, _load_pair, _stage_generator, cpu_threads
+    from nsp_explore.tour import TourConfig, _load_pair, _stage_generator, cpu_threads, tour_tokenizer_config
     from nsp_explore.tokenizer import TokenizerConfig
     from nsp_explore.viz import Report
     cfg = TourConfig.preset('nano')
     assert cfg.pretrained == 'nano' and TourConfig.preset('nano_train').pretrained is None
     with pytest.raises(ValueError, match='every category'): TourConfig.preset('nano', categories=('mug',))
     with pytest.raises(ValueError, match='needs model'): TourConfig(model='small', pretrained='nano')
-    tok, gen, info = _load_pair(cfg, TokenizerConfig.preset('nano'), torch.device('cpu'))
+    tok_cfg = tour_tokenizer_config(cfg)                          # the pair's own config, from its record
+    tok, gen, info = _load_pair(cfg, tok_cfg, torch.device('cpu'))
     assert not tok.training and info['tokenizer_steps'] > 0
     model, rec = _stage_generator(cfg, Report('t'), tok, None, 'cpu', {}, (tok, gen, info))
     assert model is gen and rec['steps_this_run'] == 0 and rec['steps'] == info['generator_steps']
     with pytest.raises(RuntimeError, match='another tokenizer config'):
-        _load_pair(cfg, TokenizerConfig.preset('nano', codebook_size=128), torch.device('cpu'))
+        _load_pair(cfg, TokenizerConfig.from_dict({**tok_cfg.to_dict(), 'codebook_size': 128}), torch.device('cpu'))
 
 
 def test_cpu_threads_leaves_busy_cores_alone():
