@@ -1,6 +1,12 @@
 """Train the pretrained nano pair (tokenizer + next-scale generator) that ships in data_samples/pretrained/.
 
-    python scripts/train_pretrained.py --tokenizer-steps 3000 --generator-steps 3000 --out data_samples/pretrained
+    python scripts/train_pretrained.py --tokenizer-steps 1500 --generator-steps 2000 --scales 1,4,16,64,256 --out data_samples/pretrained
+
+(the shipped pair's command: ~28 + 39 minutes on 2 shared CPU cores). Its sampling setting (one temperature per
+token scale, `"sampling"` in nano.json) is not trained: it was chosen afterwards on validation shapes with
+`scripts/eval_pretrained.py --refs val --no-recon --metrics cd --temperature T1,...,T5` (see
+benchmarks/results/pretrained_nano_sampling_sweep_cpu.json), then scored on the test shapes by
+`scripts/eval_pretrained.py`.
 
 Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
 the device and the wall time of each stage, so `load_pretrained('nano')` users can see how it was made and
