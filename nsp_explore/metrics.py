@@ -19,8 +19,8 @@ __all__ = ['CPU_MAX_ELEMENTS', 'GPU_MAX_ELEMENTS', 'KDTREE_MIN_POINTS', 'chamfer
            'emd_assignment', 'emd_exact', 'sinkhorn_potentials', 'sinkhorn_plan', 'round_to_feasible', 'emd_approx',
            'auction_assignment', 'emd_auction', 'sinkhorn_divergence', 'emd_train', 'emd_solver', 'pairwise_distances',
            'mmd', 'coverage', 'nearest_sample_mmd', 'one_nn_accuracy', 'occupancy_grid', 'grid_counts',
-           'jensen_shannon', 'jsd_between_point_cloud_sets', 'emd_lower_bounds', 'denormalize_clouds',
-           'compute_all_metrics', 'metrics_table', 'nn_pairs_figure', 'one_nn_figure']
+           'jensen_shannon', 'jsd_between_point_cloud_sets', 'duplicate_fraction', 'emd_lower_bounds',
+           'denormalize_clouds', 'compute_all_metrics', 'metrics_table', 'nn_pairs_figure', 'one_nn_figure']
 
 # %% ../nbs/05_metrics.ipynb #855427ca
 def sq_dists_naive(x_BN3: torch.Tensor, y_BM3: torch.Tensor) -> torch.Tensor:
@@ -521,6 +521,19 @@ def jensen_shannon(p: torch.Tensor, q: torch.Tensor) -> float:
 def jsd_between_point_cloud_sets(samples, refs, resolution: int = 28, clip_sphere: bool = True) -> float:
     "JSD between the occupancy histograms of two sets of clouds `(S, N, 3)`, `(R, M, 3)` (PointFlow protocol)."
     return jensen_shannon(grid_counts(samples, resolution, clip_sphere), grid_counts(refs, resolution, clip_sphere))
+
+# %% ../nbs/05_metrics.ipynb #e672bf21
+def duplicate_fraction(clouds, rel_tol: float = 1e-3) -> torch.Tensor:
+    """`(B,)` fraction of the points of each cloud `(B, N, 3)` (or one `(N, 3)` cloud) that have another point of
+    the same cloud within `rel_tol` x its bounding-box diagonal: 0 for distinct points, 1 when every point is repeated."""
+    x, single = _as_batch(clouds, 'clouds')
+    out = []
+    for c in x.double():                                                     # one (N, N) matrix at a time
+        d = torch.cdist(c, c); d.fill_diagonal_(float('inf'))
+        tol = rel_tol * float((c.max(0).values - c.min(0).values).norm())
+        out.append((d.min(1).values <= tol).double().mean())
+    out = torch.stack(out).float()
+    return out[0] if single else out
 
 # %% ../nbs/05_metrics.ipynb #14b1478f
 def emd_lower_bounds(clouds, cost: str = 'pointflow') -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from _common import print_table, save_results
 from nsp_explore.data import SyntheticShapes
 from nsp_explore.generate import load_pretrained, sample
-from nsp_explore.metrics import compute_all_metrics
+from nsp_explore.metrics import compute_all_metrics, duplicate_fraction
 
 
 def main():
@@ -66,16 +66,18 @@ def main():
             m = compute_all_metrics(X, refs, mean, std, metrics=metrics, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
             ref_m = m.pop('matrices')                                  # the test-vs-test distances are computed once
             rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), 4) for k, v in m.items()
-                                                                 if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k}))
+                                                                 if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
+                             dup_frac=round(float(duplicate_fraction(X).mean()), 4)))   # repeated points: the scores cannot see them
         mixed_s.append(smp[: max(1, a.n // len(cats) * 2)]); mixed_r.append(refs[: max(1, a.n // len(cats) * 2)])
         print(f'{cat}: done ({time.time() - t0:.0f} s)', flush=True)
     m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, metrics=metrics, emd=a.emd, jsd=False)
     rows.append(dict(category='mixed', kind='samples', n=len(torch.cat(mixed_s)),
-                     **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k}))
+                     **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
+                     dup_frac=round(float(duplicate_fraction(torch.cat(mixed_s)).mean()), 4)))
     for kind in ('samples',) + (('tokenizer_recon',) if not a.no_recon else ()):
         sel = [r for r in rows if r['kind'] == kind and r['category'] != 'mixed']
         rows.append(dict(category='mean per category', kind=kind, n=a.n,
-                         **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD'))}))
+                         **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup'))}))
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
     tag = f'_{a.tag}' if a.tag else ''
     save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, refs=a.refs,
