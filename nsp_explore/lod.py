@@ -15,11 +15,11 @@ import torch
 from .core import check_cloud, progress, to_numpy, atomic_save
 
 # %% auto #0
-__all__ = ['CPU_CHUNK_POINTS', 'BUCKET_H', 'BUCKET_MIN_POINTS', 'TRITON_MAX_POINTS', 'TORCH_BEATS_FPSAMPLE', 'ASSIGNERS',
-           'fps_start', 'fps_order_naive', 'fps_backends', 'fps_order', 'orders_agree', 'check_scales', 'make_scales',
-           'assign_optimal', 'build_lod_naive', 'assign_greedy', 'LoDTree', 'build_lod', 'pool', 'upsample',
-           'capacity_cost', 'LoDDataset', 'lod_slider', 'fps_animation', 'tree_fig', 'random_downsample',
-           'voxel_downsample', 'coverage', 'compare_downsampling_fig']
+__all__ = ['CPU_CHUNK_POINTS', 'BUCKET_H', 'BUCKET_MIN_POINTS', 'TRITON_MAX_POINTS', 'TORCH_BEATS_FPSAMPLE', 'KNN_TREE_MIN',
+           'ASSIGNERS', 'fps_start', 'fps_order_naive', 'fps_backends', 'fps_order', 'orders_agree', 'check_scales',
+           'make_scales', 'assign_optimal', 'build_lod_naive', 'assign_greedy', 'assign_greedy_dense', 'LoDTree',
+           'build_lod', 'pool', 'upsample', 'capacity_cost', 'LoDDataset', 'lod_slider', 'fps_animation', 'tree_fig',
+           'random_downsample', 'voxel_downsample', 'coverage', 'compare_downsampling_fig']
 
 # %% ../nbs/04_lod.ipynb #3c47443f
 def _as_batch(points, name='points', min_points=1):
@@ -465,11 +465,146 @@ def _refine_swaps(D, slot, cap: int, k: int = 8, max_rounds: int = 50) -> torch.
         slot[rows, cols] = q[rows, cols]; slot[rows, b[rows, cols]] = p_old
     return slot
 
-def assign_greedy(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20) -> torch.Tensor:
+def _dist(a, b) -> torch.Tensor:
+    """Euclidean distance of broadcast point tensors `(..., 3)`: elementwise ops only (no reduction
+    over the tiny last axis, which is slow and may round differently per device)."""
+    d = a - b
+    x, y, z = d.unbind(-1)
+    return (x * x + y * y + z * z).sqrt()
+
+KNN_TREE_MIN = 32768   # children x parents above which the CPU finds nearest parents with a KD tree
+
+def _knn_parents(child_BM3, parent_BP3, k: int, rows: int = 256):
+    """The `k` nearest parents of each child: `(dist (B, M, k) float32, index (B, M, k) int64)`,
+    nearest first, ties by index. CPU, large: scipy's KD tree finds them (no M x P matrix); else
+    chunks of `rows` children against all parents, then top-k. Either way the distances are
+    recomputed with `_dist`, so both devices sort the same numbers."""
+    B, M, _ = child_BM3.shape
+    P = parent_BP3.shape[1]
+    k = min(k, P)
+    c, p = child_BM3.float().contiguous(), parent_BP3.float().contiguous()
+    if c.device.type == 'cpu' and M * P > KNN_TREE_MIN:
+        from scipy.spatial import cKDTree
+        idx = torch.from_numpy(np.stack([cKDTree(pb).query(cb, k=k)[1].reshape(M, k)
+                                         for cb, pb in zip(c.numpy(), p.numpy())])).long()
+    else:
+        idx = torch.cat([_dist(c[:, i:i + rows, None], p[:, None]).topk(k, dim=2, largest=False).indices
+                         for i in range(0, M, rows)], 1)
+    idx = idx.sort(-1).values                                            # canonical: by (distance, index)
+    d = _dist(c[:, :, None], p.gather(1, idx.view(B, M * k, 1).expand(-1, -1, 3)).view(B, M, k, 3))
+    o = d.argsort(dim=-1, stable=True)
+    return d.gather(2, o), idx.gather(2, o)
+
+def _propose_knn(child_BM3, parent_BP3, knn_d, knn_p, cap: int) -> torch.Tensor:
+    """`_propose` without the M x P matrix: rounds over the unplaced children only. Each proposes to
+    its nearest parent with room: the first free one of its `k` nearest (`knn_d`, `knn_p` (B, M, k));
+    when all of those are full, its list is replaced by its `k` nearest parents that still have room
+    (parents only fill up, so the list stays right). Each parent keeps its closest proposers (ties by
+    child index) up to its room. `(B, M)` slots."""
+    B, M, k = knn_p.shape
+    P = parent_BP3.shape[1]
+    dev = knn_p.device
+    c, p = child_BM3.float().contiguous(), parent_BP3.float().contiguous()
+    kd_f, kp_f = knn_d.reshape(B * M, k).clone(), knn_p.reshape(B * M, k).clone()   # flat rows b * M + m
+    slot = torch.full((B * M,), -1, dtype=torch.long, device=dev)
+    room = torch.full((B * P,), cap, dtype=torch.long, device=dev)      # flat: cloud b, parent j -> b * P + j
+    todo = torch.arange(B * M, device=dev)                               # unplaced children, (b, m) order
+    while todo.numel():
+        tb = todo // M
+        cand = kp_f.index_select(0, todo)                                # (T, k)
+        free = room[(tb * P)[:, None] + cand] > 0
+        first = free.to(torch.uint8).argmax(1, keepdim=True)             # first candidate with room
+        prop, d = cand.gather(1, first)[:, 0], kd_f.index_select(0, todo).gather(1, first)[:, 0]
+        far = (~free.any(1)).nonzero()[:, 0]
+        for b in tb[far].unique().tolist():                             # all k full: refresh their lists
+            rows = far[tb[far] == b]
+            open_ = (room[b * P:(b + 1) * P] > 0).nonzero()[:, 0]
+            kd, kp = _knn_parents(c[b, todo[rows] - b * M][None], p[b, open_][None], k)
+            kp, kd = open_[kp[0]], kd[0]                                  # (F, <= k): fewer when few parents are open
+            pad = k - kp.shape[1]
+            if pad: kp, kd = torch.cat([kp, kp[:, :1].expand(-1, pad)], 1), torch.cat([kd, kd[:, :1].expand(-1, pad)], 1)
+            kp_f[todo[rows]], kd_f[todo[rows]] = kp, kd
+            prop[rows], d[rows] = kp[:, 0], kd[:, 0]
+        key = tb * P + prop
+        o = d.argsort(stable=True)
+        o = o.gather(0, key.gather(0, o).argsort(stable=True))          # by (cloud, parent), then distance, then child
+        ks = key[o]
+        pos = torch.arange(len(o), device=dev)
+        head = torch.ones_like(ks, dtype=torch.bool); head[1:] = ks[1:] != ks[:-1]
+        rank = pos - torch.where(head, pos, 0).cummax(0).values          # rank among the proposers to that parent
+        ok = rank < room[ks]
+        acc = o[ok]
+        slot[todo[acc]] = prop[acc]
+        room.scatter_add_(0, ks[ok], torch.full_like(ks[ok], -1))
+        keep = torch.ones_like(todo, dtype=torch.bool); keep[acc] = False
+        todo = todo[keep]
+    return slot.view(B, M)
+
+def _refine_knn(child_BM3, parent_BP3, slot, knn_d, knn_q, cap: int, max_rounds: int = 20) -> torch.Tensor:
+    """`_refine_swaps` without the M x P matrix: the distances a swap needs are the two current ones,
+    `knn_d` (a to q) and one computed from the coordinates (b to a's parent p). A child's best swap
+    depends only on its parent and on the children of its `k` nearest parents, so after the first
+    round only the children next to a parent that changed last round are re-scored."""
+    B, M, k = knn_q.shape
+    P = parent_BP3.shape[1]
+    dev = slot.device
+    c, par = child_BM3.float().contiguous(), parent_BP3.float().contiguous()
+    a = torch.arange(M, device=dev).expand(B, M)
+    G = torch.zeros(B, M, device=dev)                                    # best swap of each child: gain, partner, parent
+    Bs, Qs = torch.zeros(B, M, dtype=torch.long, device=dev), torch.zeros(B, M, dtype=torch.long, device=dev)
+    ab, am = torch.arange(B, device=dev).repeat_interleave(M), torch.arange(M, device=dev).repeat(B)  # to re-score
+    for _ in range(max_rounds):
+        members = slot.argsort(dim=1, stable=True).view(B, P, cap)        # children of each parent, by index
+        p_xyz = par.gather(1, slot[..., None].expand(-1, -1, 3))          # (B, M, 3) each child's parent
+        d_a = _dist(c, p_xyz)                                             # (B, M) current distances
+        if ab.numel():
+            A, am_ = len(ab), ab * M + am                                 # flat (cloud, child) rows: index_select is fast
+            kq = knn_q.reshape(B * M, k).index_select(0, am_)             # (A, k)
+            bb = members.view(B * P, cap).index_select(0, ((ab * P)[:, None] + kq).view(-1)).view(A, k, cap)
+            bf = ((ab * M)[:, None, None] + bb).view(-1)                  # flat rows of the children of each q
+            d_bp = _dist(c.view(B * M, 3).index_select(0, bf).view(A, k, cap, 3), p_xyz.view(B * M, 3).index_select(0, am_)[:, None, None])
+            d_af = d_a.view(-1)
+            gain = (d_af.index_select(0, am_)[:, None, None] + d_af.index_select(0, bf).view(A, k, cap)
+                    - knn_d.reshape(B * M, k).index_select(0, am_)[..., None] - d_bp)
+            gain = gain.masked_fill((kq == slot.view(-1).index_select(0, am_)[:, None])[..., None], -1.0)
+            g, best = gain.view(A, -1).max(-1)
+            G.view(-1)[am_], Bs.view(-1)[am_] = g, bb.view(A, -1).gather(1, best[:, None])[:, 0]
+            Qs.view(-1)[am_] = kq.gather(1, (best // cap)[:, None])[:, 0]
+        want = G > 1e-6 * d_a.mean(1, keepdim=True)
+        if not want.any(): break
+        g, b, q = torch.where(want, G, 0.0), Bs, Qs
+        top = torch.zeros_like(g).scatter_reduce(1, a, g, 'amax').scatter_reduce(1, b, g, 'amax')
+        acc = want & (g == top) & (g == top.gather(1, b)) & ((b.gather(1, b) != a) | (a < b))
+        used = torch.zeros_like(slot).scatter_add(1, a, acc.long()).scatter_add(1, b, acc.long())
+        acc &= (used == 1) & (used.gather(1, b) == 1)                    # each child in one swap only
+        rows, cols = acc.nonzero(as_tuple=True)
+        if not len(rows): break                                          # nothing moved: the next round is this one
+        p_old = slot[rows, cols]
+        slot[rows, cols] = q[rows, cols]; slot[rows, b[rows, cols]] = p_old
+        changed = torch.zeros(B, P + 1, dtype=torch.bool, device=dev)    # parents that gained or lost a child
+        changed[rows, p_old] = True; changed[rows, q[rows, cols]] = True
+        hot = changed.gather(1, slot) | changed.gather(1, knn_q.reshape(B, -1)).view(B, M, k).any(-1)
+        ab, am = hot.nonzero(as_tuple=True)
+    return slot
+
+def assign_greedy(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20, k: int = 8, k_swap: int = 8) -> torch.Tensor:
     """Capacity-constrained nearest assignment, batched torch on any device: `(B, M)` parent slot
     per child, every parent taking exactly `cap` children (M = P * cap). Rounds of proposals (each
     unplaced child asks its nearest parent with room; parents keep their closest askers), then up
-    to `refine_rounds` rounds of improving pairwise swaps. Deterministic (ties break by index)."""
+    to `refine_rounds` rounds of improving pairwise swaps with the `k_swap` nearest parents. Works on
+    the `k` nearest parents of each child (a KD tree on the CPU), never on the M x P distance matrix.
+    Deterministic (ties break by index)."""
+    B, M, _ = child_BM3.shape
+    P = parent_BP3.shape[1]
+    if M != P * cap: raise ValueError(f"{M} children cannot fill {P} parents x {cap} slots")
+    knn_d, knn_p = _knn_parents(child_BM3, parent_BP3, max(k, k_swap))
+    slot = _propose_knn(child_BM3, parent_BP3, knn_d[..., :k], knn_p[..., :k], cap)
+    if not refine_rounds or P == 1: return slot
+    return _refine_knn(child_BM3, parent_BP3, slot, knn_d[..., :k_swap], knn_p[..., :k_swap], cap, refine_rounds)
+
+def assign_greedy_dense(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20) -> torch.Tensor:
+    """The same greedy on the dense (B, M, P) distance matrix (`torch.cdist`): the reference that
+    `assign_greedy` is tested against (same algorithm; it may differ only at near ties)."""
     B, M, _ = child_BM3.shape
     P = parent_BP3.shape[1]
     if M != P * cap: raise ValueError(f"{M} children cannot fill {P} parents x {cap} slots")
@@ -624,7 +759,7 @@ def capacity_cost(points, lod: LoDTree) -> list[dict]:
     return rows
 
 # %% ../nbs/04_lod.ipynb #231738a8
-_LOD_CACHE_VERSION = 2   # bump when the trees of the same input change (FPS tie rule, assignment)
+_LOD_CACHE_VERSION = 3   # bump when the trees of the same input change (FPS tie rule, assignment: 3 = k-NN greedy)
 
 def _fingerprint(clouds) -> str:
     "A hash of the exact float32 values and shapes of a list of clouds (the content an LoD cache depends on)."
