@@ -465,11 +465,10 @@ def _refine_swaps(D, slot, cap: int, k: int = 8, max_rounds: int = 50) -> torch.
         slot[rows, cols] = q[rows, cols]; slot[rows, b[rows, cols]] = p_old
     return slot
 
-def _dist(a, b) -> torch.Tensor:
-    """Euclidean distance of broadcast point tensors `(..., 3)`: elementwise ops only (no reduction
-    over the tiny last axis, which is slow and may round differently per device)."""
-    d = a - b
-    x, y, z = d.unbind(-1)
+def _dist(a, b, dim: int = -1) -> torch.Tensor:
+    """Euclidean distance of broadcast point tensors whose axis `dim` holds x, y, z: elementwise ops
+    only (no reduction over the tiny axis, which is slow and may round differently per device)."""
+    x, y, z = (a - b).unbind(dim)
     return (x * x + y * y + z * z).sqrt()
 
 KNN_TREE_MIN = 32768   # children x parents above which the CPU finds nearest parents with a KD tree
@@ -548,25 +547,26 @@ def _refine_knn(child_BM3, parent_BP3, slot, knn_d, knn_q, cap: int, max_rounds:
     B, M, k = knn_q.shape
     P = parent_BP3.shape[1]
     dev = slot.device
-    c, par = child_BM3.float().contiguous(), parent_BP3.float().contiguous()
+    cT = child_BM3.float().reshape(B * M, 3).T.contiguous()              # (3, B*M): one contiguous row per axis
+    parT = parent_BP3.float().reshape(B * P, 3).T.contiguous()           # (3, B*P)
     a = torch.arange(M, device=dev).expand(B, M)
     G = torch.zeros(B, M, device=dev)                                    # best swap of each child: gain, partner, parent
     Bs, Qs = torch.zeros(B, M, dtype=torch.long, device=dev), torch.zeros(B, M, dtype=torch.long, device=dev)
     ab, am = torch.arange(B, device=dev).repeat_interleave(M), torch.arange(M, device=dev).repeat(B)  # to re-score
     for _ in range(max_rounds):
         members = slot.argsort(dim=1, stable=True).view(B, P, cap)        # children of each parent, by index
-        p_xyz = par.gather(1, slot[..., None].expand(-1, -1, 3))          # (B, M, 3) each child's parent
-        d_a = _dist(c, p_xyz)                                             # (B, M) current distances
+        pT = parT.index_select(1, (slot + (torch.arange(B, device=dev) * P)[:, None]).view(-1))   # (3, B*M) each child's parent
+        d_a = _dist(cT, pT, dim=0).view(B, M)                             # (B, M) current distances
         if ab.numel():
             A, am_ = len(ab), ab * M + am                                 # flat (cloud, child) rows: index_select is fast
             kq = knn_q.reshape(B * M, k).index_select(0, am_)             # (A, k)
             bb = members.view(B * P, cap).index_select(0, ((ab * P)[:, None] + kq).view(-1)).view(A, k, cap)
             bf = ((ab * M)[:, None, None] + bb).view(-1)                  # flat rows of the children of each q
-            d_bp = _dist(c.view(B * M, 3).index_select(0, bf).view(A, k, cap, 3), p_xyz.view(B * M, 3).index_select(0, am_)[:, None, None])
+            d_bp = _dist(cT.index_select(1, bf).view(3, A, k, cap), pT.index_select(1, am_)[:, :, None, None], dim=0)
             d_af = d_a.view(-1)
-            gain = (d_af.index_select(0, am_)[:, None, None] + d_af.index_select(0, bf).view(A, k, cap)
-                    - knn_d.reshape(B * M, k).index_select(0, am_)[..., None] - d_bp)
-            gain = gain.masked_fill((kq == slot.view(-1).index_select(0, am_)[:, None])[..., None], -1.0)
+            base = d_af.index_select(0, am_)[:, None] - knn_d.reshape(B * M, k).index_select(0, am_)   # (A, k) a moves to q
+            base = base.masked_fill(kq == slot.view(-1).index_select(0, am_)[:, None], -float('inf'))  # q is a's own parent
+            gain = (d_af.index_select(0, bf).view(A, k, cap) - d_bp) + base[..., None]                # b moves to p
             g, best = gain.view(A, -1).max(-1)
             G.view(-1)[am_], Bs.view(-1)[am_] = g, bb.view(A, -1).gather(1, best[:, None])[:, 0]
             Qs.view(-1)[am_] = kq.gather(1, (best // cap)[:, None])[:, 0]
