@@ -156,7 +156,7 @@ def _bucket_run(p: np.ndarray, n: int, s: int) -> np.ndarray | None:
 
 def _canonical_copies(p: np.ndarray, o: np.ndarray) -> np.ndarray:
     """The naive tie rule for exact duplicates in an FPS order `o` of `p` (N, 3): the copy picked first is
-    renamed to the lowest index of its copies; from the first pick at distance 0 (a copy of a picked
+    renamed to the lowest index of its copies (except the start, which is given); from the first pick at distance 0 (a copy of a picked
     point) on, every unpicked point is tied at 0, so the rest is the unpicked indices in increasing order."""
     N, n = len(p), len(o)
     _, gid = np.unique(p, axis=0, return_inverse=True)
@@ -166,6 +166,7 @@ def _canonical_copies(p: np.ndarray, o: np.ndarray) -> np.ndarray:
     seen = np.zeros(n, bool); seen[np.unique(g, return_index=True)[1]] = True
     cut = n if seen.all() else int(np.argmin(seen))
     head = gmin[g[:cut]]
+    head[0] = o[0]                                                      # the start is given, not chosen among copies
     return head if cut == n else np.concatenate([head, np.setdiff1d(np.arange(N), head)])[:n]
 
 def _fps_bucket_one(p: np.ndarray, n: int, s: int) -> np.ndarray | None:

@@ -116,3 +116,13 @@ def test_slot_replay_on_awkward_clouds():
         for s in torch.randint(len(p), (20,), generator=g).tolist():
             k = L._kdline_slot(pT, s)
             assert int(fpsample.bucket_fps_kdline_sampling(p, 1, h=L.BUCKET_H, start_idx=k)[0]) == s, (SEED, s)
+
+
+def test_start_on_a_copy_stays_the_start():
+    "The start is given: a start point with a lower-index copy is not renamed to that copy."
+    base = torch.randn(200, 3, generator=torch.Generator().manual_seed(SEED))
+    x = torch.cat([base, base[:50]])                              # point 200 + i is a copy of point i
+    for s in (200, 230, 249, 0):
+        o = L._fps_bucket_one(x.numpy(), len(x), s)
+        assert o is not None and int(o[0]) == s
+        assert torch.equal(torch.from_numpy(o), fps_order_naive(x, start=s, dtype=torch.float32)), (SEED, s)
