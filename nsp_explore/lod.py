@@ -495,6 +495,39 @@ def _knn_parents(child_BM3, parent_BP3, k: int, rows: int = 256):
     o = d.argsort(dim=-1, stable=True)
     return d.gather(2, o), idx.gather(2, o)
 
+def _knn_open(c_BM3, p_BP3, room, rows, k: int):
+    """The `k` nearest parents with room (`room` (B*P,) > 0) of the children `rows` (flat b*M+m):
+    `(dist (F, k), parent (F, k))`, nearest first, ties by index; padded with the nearest when fewer
+    are open. All clouds in one KD tree on the CPU (cloud b shifted far along x: no cross-cloud
+    neighbours among the open ones), one brute-force pass per cloud elsewhere."""
+    B, M, _ = c_BM3.shape
+    P = p_BP3.shape[1]
+    fb = rows // M
+    cf, pf = c_BM3.reshape(B * M, 3), p_BP3.reshape(B * P, 3)
+    open_ = (room > 0).nonzero()[:, 0]                                   # flat b*P+j, increasing
+    if c_BM3.device.type == 'cpu' and len(rows) * len(open_) > KNN_TREE_MIN:
+        from scipy.spatial import cKDTree
+        span = 4 * float(max(cf.abs().max(), pf.abs().max())) + 1.0
+        shift = lambda xyz, b: np.asarray(xyz, np.float64) + np.outer(b.numpy() * span, [1.0, 0, 0])
+        kk = min(k, len(open_))
+        j = cKDTree(shift(pf[open_], open_ // P)).query(shift(cf[rows], fb), k=kk)[1].reshape(len(rows), kk)
+        pid = open_[torch.from_numpy(j).long()]                          # (F, kk) flat parents
+    else:
+        pid = torch.empty(len(rows), min(k, len(open_)), dtype=torch.long, device=rows.device)
+        for b in fb.unique().tolist():
+            r = (fb == b).nonzero()[:, 0]
+            ob = open_[(open_ // P) == b]
+            dd = _dist(cf[rows[r], None], pf[ob][None])
+            kb = min(pid.shape[1], len(ob))
+            got = ob[dd.topk(kb, dim=1, largest=False).indices]
+            pid[r] = torch.cat([got, got[:, :1].expand(-1, pid.shape[1] - kb)], 1)
+    pid = torch.where(pid // P == fb[:, None], pid, pid[:, :1])          # other clouds' parents: pad with the nearest
+    pid = torch.cat([pid, pid[:, :1].expand(-1, k - pid.shape[1])], 1)
+    pid = pid.sort(1).values                                             # canonical: by (distance, index)
+    d = _dist(cf[rows][:, None], pf[pid])
+    o = d.argsort(dim=1, stable=True)
+    return d.gather(1, o), (pid % P).gather(1, o)
+
 def _propose_knn(child_BM3, parent_BP3, knn_d, knn_p, cap: int) -> torch.Tensor:
     """`_propose` without the M x P matrix: rounds over the unplaced children only. Each proposes to
     its nearest parent with room: the first free one of its `k` nearest (`knn_d`, `knn_p` (B, M, k));
@@ -516,15 +549,10 @@ def _propose_knn(child_BM3, parent_BP3, knn_d, knn_p, cap: int) -> torch.Tensor:
         first = free.to(torch.uint8).argmax(1, keepdim=True)             # first candidate with room
         prop, d = cand.gather(1, first)[:, 0], kd_f.index_select(0, todo).gather(1, first)[:, 0]
         far = (~free.any(1)).nonzero()[:, 0]
-        for b in tb[far].unique().tolist():                             # all k full: refresh their lists
-            rows = far[tb[far] == b]
-            open_ = (room[b * P:(b + 1) * P] > 0).nonzero()[:, 0]
-            kd, kp = _knn_parents(c[b, todo[rows] - b * M][None], p[b, open_][None], k)
-            kp, kd = open_[kp[0]], kd[0]                                  # (F, <= k): fewer when few parents are open
-            pad = k - kp.shape[1]
-            if pad: kp, kd = torch.cat([kp, kp[:, :1].expand(-1, pad)], 1), torch.cat([kd, kd[:, :1].expand(-1, pad)], 1)
-            kp_f[todo[rows]], kd_f[todo[rows]] = kp, kd
-            prop[rows], d[rows] = kp[:, 0], kd[:, 0]
+        if far.numel():                                                  # all k full: refresh their lists
+            kd, kp = _knn_open(c, p, room, todo[far], k)
+            kp_f[todo[far]], kd_f[todo[far]] = kp, kd
+            prop[far], d[far] = kp[:, 0], kd[:, 0]
         key = tb * P + prop
         o = d.argsort(stable=True)
         o = o.gather(0, key.gather(0, o).argsort(stable=True))          # by (cloud, parent), then distance, then child
