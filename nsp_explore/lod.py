@@ -504,7 +504,8 @@ def _knn_open(c_BM3, p_BP3, room, rows, k: int):
     P = p_BP3.shape[1]
     fb = rows // M
     cf, pf = c_BM3.reshape(B * M, 3), p_BP3.reshape(B * P, 3)
-    open_ = (room > 0).nonzero()[:, 0]                                   # flat b*P+j, increasing
+    asks = torch.zeros(B, dtype=torch.bool, device=rows.device); asks[fb] = True
+    open_ = ((room > 0) & asks.repeat_interleave(P)).nonzero()[:, 0]     # open parents of the asking clouds, b*P+j
     if c_BM3.device.type == 'cpu' and len(rows) * len(open_) > KNN_TREE_MIN:
         from scipy.spatial import cKDTree
         span = 4 * float(max(cf.abs().max(), pf.abs().max())) + 1.0
