@@ -279,10 +279,11 @@ def _importable(name: str) -> bool:
     except Exception:  # ImportError, or a broken binary extension
         return False
 
-# Measured on a shared 2-core CPU (benchmarks/bench_cpu_lod.py -> results/cpu_lod_cpu.json): fpsample's per-cloud
-# Rust loop is as fast as the batched torch loop with one thread at every batch size (1 to 64 clouds of 2048
-# points), and the torch loop collapses with two threads beside a busy process (up to 20x slower). So on the
-# CPU `auto` always takes fpsample; set a point count here to switch to the torch loop from that batch size.
+# Measured on a shared 2-core CPU (benchmarks/bench_cpu_lod.py -> results/cpu_lod_cpu.json): fpsample's bucket
+# method (two runs, see `_fps_bucket_one`) is several times faster per 2048-point cloud than the batched torch loop
+# with one thread, its vanilla loop as fast as that torch loop at every batch size (1 to 64 clouds), and the torch
+# loop collapses with two threads beside a busy process (up to 20x slower). So on the CPU `auto` always takes
+# fpsample; set a point count here to switch to the torch loop from that batch size.
 TORCH_BEATS_FPSAMPLE = None
 
 _FPS_BACKENDS = dict(torch=_fps_torch, fpsample=_fps_fpsample, triton=_fps_triton, torch_cluster=_fps_torch_cluster)
