@@ -737,15 +737,16 @@ class LoDTree:
         return cls(tuple(scales), index[None] if index.ndim == 1 else index, None)   # values: checked by `gather`
 
 # %% ../nbs/04_lod.ipynb #8b8f3b28
-ASSIGNERS = dict(greedy=assign_greedy, optimal=assign_optimal)
+ASSIGNERS = dict(greedy=assign_greedy, optimal=assign_optimal, greedy_dense=assign_greedy_dense)   # greedy_dense: the trees before issue 18
 
 def build_lod(points, scales, start='centroid', backend: str = 'auto', generator=None,
               assign: str = 'greedy', chunk: int = 16) -> LoDTree:
     """The LoD tree of a batch of clouds `(B, N, 3)` (or one `(N, 3)` cloud, giving B=1).
     `scales`: s_1 < ... < s_K <= N with integer ratios. FPS by `backend` from `start` (see
     `fps_order`), then capacity-constrained parent assignment in batches of `chunk` clouds:
-    `assign='greedy'` (batched torch, near optimal, same result on CPU and GPU) or `'optimal'`
-    (exact Hungarian, one cloud at a time on the CPU). The work is many small ops: on a CPU shared
+    `assign='greedy'` (batched torch on the k nearest parents, near optimal, same result on CPU and GPU
+    up to rounding at near ties), `'optimal'` (exact Hungarian, one cloud at a time on the CPU) or
+    `'greedy_dense'` (the earlier greedy on the dense distance matrix: the trees made before the k-NN one). The work is many small ops: on a CPU shared
     with other busy processes, `torch.set_num_threads(1)` makes it several times faster (see above)."""
     x, _ = _as_batch(points)
     scales = check_scales(scales, x.shape[1])

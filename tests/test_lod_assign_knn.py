@@ -89,3 +89,17 @@ def test_build_lod_chunks_and_batch_agree():
     full = build_lod(x, sc)
     assert torch.equal(build_lod(x, sc, chunk=2).index, full.index)
     assert torch.equal(build_lod(x[3], sc).index[0], full.index[3])
+
+
+def test_greedy_dense_trees_still_available():
+    "assign='greedy_dense' builds the trees of the earlier dense greedy (same FPS, its own slots per level)."
+    x = torch.randn(3, 256, 3, generator=torch.Generator().manual_seed(SEED))
+    sc = (1, 4, 16, 64, 256)
+    lod = build_lod(x, sc, assign='greedy_dense')
+    assert torch.equal(lod.fps, build_lod(x, sc).fps)
+    pts = x.gather(1, lod.fps[..., None].expand(-1, -1, 3))
+    tree = torch.arange(1).expand(3, -1)
+    for a, b in zip(sc, sc[1:]):                                  # rebuild it level by level with the dense greedy
+        parents = pts.gather(1, tree[..., None].expand(-1, -1, 3))
+        tree = L._tree_step(tree, assign_greedy_dense(pts[:, a:b], parents, b // a - 1), b)
+    assert torch.equal(lod.index, lod.fps.gather(1, tree)), SEED
