@@ -13,6 +13,12 @@ fpsample = pytest.importorskip('fpsample')
 SEED = int(np.random.SeedSequence().entropy % 2 ** 31)         # fresh clouds every run (printed on failure)
 
 
+@pytest.fixture(autouse=True)
+def bucket_for_small_clouds(monkeypatch):
+    "The package takes the bucket path from BUCKET_MIN_POINTS (speed); its exactness is tested down to 8 points."
+    monkeypatch.setattr(L, 'BUCKET_MIN_POINTS', 8)
+
+
 def with_duplicates(x, g):
     "Replace about a quarter of the points by exact copies of other points (random positions)."
     N = x.shape[0]
