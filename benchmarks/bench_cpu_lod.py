@@ -50,7 +50,7 @@ def fps_rows(B, N, seed, check64=True):
     rows = []
     for name, fn in meth.items():
         fn()                                                            # warm up
-        t, out = best_of(fn)
+        t, out = best_of(fn, 3)
         out = torch.from_numpy(np.asarray(out).astype(np.int64))
         exact = [torch.equal(out[b], ref32[b]) for b in range(B)]
         row = dict(op='fps', B=B, N=N, method=name, ms_per_cloud=1e3 * t / B, exact=int(sum(exact)),
