@@ -15,11 +15,11 @@ import torch
 from .core import check_cloud, progress, to_numpy, atomic_save
 
 # %% auto #0
-__all__ = ['CPU_CHUNK_POINTS', 'TRITON_MAX_POINTS', 'TORCH_BEATS_FPSAMPLE', 'ASSIGNERS', 'fps_start', 'fps_order_naive',
-           'fps_backends', 'fps_order', 'orders_agree', 'check_scales', 'make_scales', 'assign_optimal',
-           'build_lod_naive', 'assign_greedy', 'LoDTree', 'build_lod', 'pool', 'upsample', 'capacity_cost',
-           'LoDDataset', 'lod_slider', 'fps_animation', 'tree_fig', 'random_downsample', 'voxel_downsample', 'coverage',
-           'compare_downsampling_fig']
+__all__ = ['CPU_CHUNK_POINTS', 'BUCKET_H', 'BUCKET_MIN_POINTS', 'TRITON_MAX_POINTS', 'TORCH_BEATS_FPSAMPLE', 'KNN_TREE_MIN',
+           'ASSIGNERS', 'fps_start', 'fps_order_naive', 'fps_backends', 'fps_order', 'orders_agree', 'check_scales',
+           'make_scales', 'assign_optimal', 'build_lod_naive', 'assign_greedy', 'assign_greedy_dense', 'LoDTree',
+           'build_lod', 'pool', 'upsample', 'capacity_cost', 'LoDDataset', 'lod_slider', 'fps_animation', 'tree_fig',
+           'random_downsample', 'voxel_downsample', 'coverage', 'compare_downsampling_fig']
 
 # %% ../nbs/04_lod.ipynb #3c47443f
 def _as_batch(points, name='points', min_points=1):
@@ -119,16 +119,94 @@ def _fix_repeats(idx_Bn: torch.Tensor, N: int) -> torch.Tensor:
         out[b] = torch.from_numpy(np.concatenate([head, rest])[:n]).to(out)
     return out
 
-def _fps_fpsample(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
-    """FPS with the Rust `fpsample` package (exact, float32), one cloud at a time (CPU). fpsample
-    takes the highest index among equally far points; it gets each cloud in reverse order, so its
-    choice is the lowest original index, like every other backend."""
+BUCKET_H = 3                # fpsample's bucket tree height (2**3 points per bucket: fastest at 256-2048 points)
+BUCKET_MIN_POINTS = 512     # below this the vanilla loop is faster than two bucket runs (measured crossover ~512)
+
+def _kdline_slot(pT: np.ndarray, s: int, h: int = BUCKET_H) -> int:
+    """The slot where fpsample 0.3.3's `bucket_fps_kdline_sampling` moves point `s` of a cloud `pT`
+    (3, N) float32 while it builds its tree: `h` levels, each splitting the widest axis (first on ties)
+    at the float32 mean (summed in order), Hoare-style swaps. Only the range that holds `s` is replayed."""
+    N = pT.shape[1]
+    perm, left, right = np.arange(N), 0, N
+    for _ in range(h):
+        cnt = right - left
+        if cnt == 1: break
+        sub = perm[left:right]                                          # a view: swaps land in perm
+        q = pT[:, sub]                                                  # (3, cnt)
+        span = (q.max(1) - q.min(1)).tolist()
+        dim = max(range(3), key=lambda d: (span[d], -d)) if max(span) > 0 else 0
+        a = q[dim]
+        val = np.cumsum(a)[-1] / np.float32(cnt)                        # float32, summed left to right like C++
+        lt = a < val
+        lo, hi = np.flatnonzero(~lt), np.flatnonzero(lt)[::-1]         # misplaced from the left / from the right
+        m = min(len(lo), len(hi))
+        k = int(np.count_nonzero(lo[:m] < hi[:m]))                      # the swaps the scan makes
+        if k: sub[lo[:k]], sub[hi[:k]] = sub[hi[:k]], sub[lo[:k]].copy()
+        c = len(hi)
+        lim = 1 if c == 0 else (cnt - 1 if c == cnt else c)
+        if int(np.flatnonzero(sub == s)[0]) < lim: right = left + lim
+        else: left = left + lim
+    return left + int(np.flatnonzero(perm[left:right] == s)[0])
+
+def _bucket_run(p: np.ndarray, n: int, s: int) -> np.ndarray | None:
+    "One bucket FPS run of `p` (N, 3) from point `s`; None if its first pick is not `s`."
     import fpsample
-    N = x.shape[1]
-    pts = to_numpy(x).astype(np.float32)[:, ::-1].copy()               # point i is at N-1-i
-    out = np.stack([N - 1 - fpsample.fps_sampling(p, n, start_idx=N - 1 - int(s)).astype(np.int64)
-                    for p, s in zip(pts, to_numpy(first))])
-    return _fix_repeats(torch.from_numpy(out), N).to(x.device)
+    o = fpsample.bucket_fps_kdline_sampling(p, n, h=BUCKET_H, start_idx=_kdline_slot(np.ascontiguousarray(p.T), s))
+    return o.astype(np.int64) if o[0] == s else None                    # the replayed build did not match this fpsample
+
+def _canonical_copies(p: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """The naive tie rule for exact duplicates in an FPS order `o` of `p` (N, 3): the copy picked first is
+    renamed to the lowest index of its copies (except the start, which is given); from the first pick at distance 0 (a copy of a picked
+    point) on, every unpicked point is tied at 0, so the rest is the unpicked indices in increasing order."""
+    N, n = len(p), len(o)
+    _, gid = np.unique(p, axis=0, return_inverse=True)
+    gid = gid.reshape(-1)
+    gmin = np.full(gid.max() + 1, N); np.minimum.at(gmin, gid, np.arange(N))
+    g = gid[o]
+    seen = np.zeros(n, bool); seen[np.unique(g, return_index=True)[1]] = True
+    cut = n if seen.all() else int(np.argmin(seen))
+    head = gmin[g[:cut]]
+    head[0] = o[0]                                                      # the start is given, not chosen among copies
+    return head if cut == n else np.concatenate([head, np.setdiff1d(np.arange(N), head)])[:n]
+
+def _fps_bucket_one(p: np.ndarray, n: int, s: int) -> np.ndarray | None:
+    """Exact FPS of one cloud `p` (N, 3) float32 from point `s` by fpsample's bucket method, with the
+    naive tie rule; `None` where it cannot promise the naive order (then use the vanilla loop).
+
+    The bucket method breaks an exact float32 tie between distinct points by its tree order, not by
+    index (measured: ~5% of anisotropic 2048-point clouds have such a tie somewhere). So it runs twice,
+    on the cloud and on the cloud reversed and mirrored (-p[::-1]: the same distances, the buckets in
+    about the opposite order): a tie they break differently makes the orders differ -> vanilla loop."""
+    N = len(p)
+    if N < max(BUCKET_MIN_POINTS, 2 ** BUCKET_H): return None
+    p = p + np.float32(0)                                               # -0.0 -> +0.0: equal points, equal bits
+    distinct = min(len(np.unique(a)) for a in p.T)
+    if 2 * distinct < N: return None                                    # lattice-like: exact ties everywhere
+    o = _bucket_run(p, n, s)
+    o2 = None if o is None else _bucket_run(-p[::-1], n, N - 1 - s)
+    if o2 is None: return None
+    o2 = N - 1 - o2
+    if distinct < N: o, o2 = _canonical_copies(p, o), _canonical_copies(p, o2)
+    elif np.bincount(o, minlength=N).max() > 1: return None             # a re-pick without duplicates
+    return o if np.array_equal(o, o2) else None
+
+def _fps_fpsample_vanilla(p: np.ndarray, n: int, s: int) -> np.ndarray:
+    """fpsample's exact vanilla loop on one cloud. It takes the highest index among equally far points,
+    so it gets the cloud in reverse order: its choice is then the lowest original index."""
+    import fpsample
+    N = len(p)
+    o = N - 1 - fpsample.fps_sampling(p[::-1].copy(), n, start_idx=N - 1 - s).astype(np.int64)
+    return to_numpy(_fix_repeats(torch.from_numpy(o)[None], N)[0])
+
+def _fps_fpsample(x: torch.Tensor, n: int, first: torch.Tensor, bucket: bool = True) -> torch.Tensor:
+    """FPS with the Rust `fpsample` package (exact, float32), one cloud at a time (CPU): the bucket
+    method from the asked start where it can promise the naive order, else the vanilla loop."""
+    pts = to_numpy(x).astype(np.float32)
+    out = []
+    for p, s in zip(pts, to_numpy(first).tolist()):
+        o = _fps_bucket_one(p, n, s) if bucket else None
+        out.append(_fps_fpsample_vanilla(p, n, s) if o is None else o)
+    return torch.from_numpy(np.stack(out)).to(x.device)
 
 def _fps_torch_cluster(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
     """FPS with `torch_cluster.fps` (optional extra). torch_cluster starts each cloud at its
@@ -201,10 +279,11 @@ def _importable(name: str) -> bool:
     except Exception:  # ImportError, or a broken binary extension
         return False
 
-# Measured on a shared 2-core CPU (benchmarks/bench_cpu_lod.py -> results/cpu_lod_cpu.json): fpsample's per-cloud
-# Rust loop is as fast as the batched torch loop with one thread at every batch size (1 to 64 clouds of 2048
-# points), and the torch loop collapses with two threads beside a busy process (up to 20x slower). So on the
-# CPU `auto` always takes fpsample; set a point count here to switch to the torch loop from that batch size.
+# Measured on a shared 2-core CPU (benchmarks/bench_cpu_lod.py -> results/cpu_lod_cpu.json): fpsample's bucket
+# method (two runs, see `_fps_bucket_one`) is several times faster per 2048-point cloud than the batched torch loop
+# with one thread, its vanilla loop as fast as that torch loop at every batch size (1 to 64 clouds), and the torch
+# loop collapses with two threads beside a busy process (up to 20x slower). So on the CPU `auto` always takes
+# fpsample; set a point count here to switch to the torch loop from that batch size.
 TORCH_BEATS_FPSAMPLE = None
 
 _FPS_BACKENDS = dict(torch=_fps_torch, fpsample=_fps_fpsample, triton=_fps_triton, torch_cluster=_fps_torch_cluster)
@@ -388,11 +467,175 @@ def _refine_swaps(D, slot, cap: int, k: int = 8, max_rounds: int = 50) -> torch.
         slot[rows, cols] = q[rows, cols]; slot[rows, b[rows, cols]] = p_old
     return slot
 
-def assign_greedy(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20) -> torch.Tensor:
+def _dist(a, b, dim: int = -1) -> torch.Tensor:
+    """Euclidean distance of broadcast point tensors whose axis `dim` holds x, y, z: elementwise ops
+    only (no reduction over the tiny axis, which is slow and may round differently per device)."""
+    x, y, z = (a - b).unbind(dim)
+    return (x * x + y * y + z * z).sqrt()
+
+KNN_TREE_MIN = 32768   # children x parents above which the CPU finds nearest parents with a KD tree
+
+def _knn_parents(child_BM3, parent_BP3, k: int, rows: int = 256):
+    """The `k` nearest parents of each child: `(dist (B, M, k) float32, index (B, M, k) int64)`,
+    nearest first, ties by index. CPU, large: scipy's KD tree finds them (no M x P matrix); else
+    chunks of `rows` children against all parents, then top-k. Either way the distances are
+    recomputed with `_dist`, so both devices sort the same numbers."""
+    B, M, _ = child_BM3.shape
+    P = parent_BP3.shape[1]
+    k = min(k, P)
+    c, p = child_BM3.float().contiguous(), parent_BP3.float().contiguous()
+    if c.device.type == 'cpu' and M * P > KNN_TREE_MIN:
+        from scipy.spatial import cKDTree
+        idx = torch.from_numpy(np.stack([cKDTree(pb).query(cb, k=k)[1].reshape(M, k)
+                                         for cb, pb in zip(c.numpy(), p.numpy())])).long()
+    else:
+        idx = torch.cat([_dist(c[:, i:i + rows, None], p[:, None]).topk(k, dim=2, largest=False).indices
+                         for i in range(0, M, rows)], 1)
+    idx = idx.sort(-1).values                                            # canonical: by (distance, index)
+    d = _dist(c[:, :, None], p.gather(1, idx.view(B, M * k, 1).expand(-1, -1, 3)).view(B, M, k, 3))
+    o = d.argsort(dim=-1, stable=True)
+    return d.gather(2, o), idx.gather(2, o)
+
+def _knn_open(c_BM3, p_BP3, room, rows, k: int):
+    """The `k` nearest parents with room (`room` (B*P,) > 0) of the children `rows` (flat b*M+m):
+    `(dist (F, k), parent (F, k))`, nearest first, ties by index; padded with the nearest when fewer
+    are open. All clouds in one KD tree on the CPU (cloud b shifted far along x: no cross-cloud
+    neighbours among the open ones), one brute-force pass per cloud elsewhere."""
+    B, M, _ = c_BM3.shape
+    P = p_BP3.shape[1]
+    fb = rows // M
+    cf, pf = c_BM3.reshape(B * M, 3), p_BP3.reshape(B * P, 3)
+    asks = torch.zeros(B, dtype=torch.bool, device=rows.device); asks[fb] = True
+    open_ = ((room > 0) & asks.repeat_interleave(P)).nonzero()[:, 0]     # open parents of the asking clouds, b*P+j
+    if c_BM3.device.type == 'cpu' and len(rows) * len(open_) > KNN_TREE_MIN:
+        from scipy.spatial import cKDTree
+        span = 4 * float(max(cf.abs().max(), pf.abs().max())) + 1.0
+        shift = lambda xyz, b: np.asarray(xyz, np.float64) + np.outer(b.numpy() * span, [1.0, 0, 0])
+        kk = min(k, len(open_))
+        j = cKDTree(shift(pf[open_], open_ // P)).query(shift(cf[rows], fb), k=kk)[1].reshape(len(rows), kk)
+        pid = open_[torch.from_numpy(j).long()]                          # (F, kk) flat parents
+    else:
+        pid = torch.empty(len(rows), min(k, len(open_)), dtype=torch.long, device=rows.device)
+        for b in fb.unique().tolist():
+            r = (fb == b).nonzero()[:, 0]
+            ob = open_[(open_ // P) == b]
+            dd = _dist(cf[rows[r], None], pf[ob][None])
+            kb = min(pid.shape[1], len(ob))
+            got = ob[dd.topk(kb, dim=1, largest=False).indices]
+            pid[r] = torch.cat([got, got[:, :1].expand(-1, pid.shape[1] - kb)], 1)
+    pid = torch.where(pid // P == fb[:, None], pid, pid[:, :1])          # other clouds' parents: pad with the nearest
+    pid = torch.cat([pid, pid[:, :1].expand(-1, k - pid.shape[1])], 1)
+    pid = pid.sort(1).values                                             # canonical: by (distance, index)
+    d = _dist(cf[rows][:, None], pf[pid])
+    o = d.argsort(dim=1, stable=True)
+    return d.gather(1, o), (pid % P).gather(1, o)
+
+def _propose_knn(child_BM3, parent_BP3, knn_d, knn_p, cap: int) -> torch.Tensor:
+    """`_propose` without the M x P matrix: rounds over the unplaced children only. Each proposes to
+    its nearest parent with room: the first free one of its `k` nearest (`knn_d`, `knn_p` (B, M, k));
+    when all of those are full, its list is replaced by its `k` nearest parents that still have room
+    (parents only fill up, so the list stays right). Each parent keeps its closest proposers (ties by
+    child index) up to its room. `(B, M)` slots."""
+    B, M, k = knn_p.shape
+    P = parent_BP3.shape[1]
+    dev = knn_p.device
+    c, p = child_BM3.float().contiguous(), parent_BP3.float().contiguous()
+    kd_f, kp_f = knn_d.reshape(B * M, k).clone(), knn_p.reshape(B * M, k).clone()   # flat rows b * M + m
+    slot = torch.full((B * M,), -1, dtype=torch.long, device=dev)
+    room = torch.full((B * P,), cap, dtype=torch.long, device=dev)      # flat: cloud b, parent j -> b * P + j
+    todo = torch.arange(B * M, device=dev)                               # unplaced children, (b, m) order
+    while todo.numel():
+        tb = todo // M
+        cand = kp_f.index_select(0, todo)                                # (T, k)
+        free = room[(tb * P)[:, None] + cand] > 0
+        first = free.to(torch.uint8).argmax(1, keepdim=True)             # first candidate with room
+        prop, d = cand.gather(1, first)[:, 0], kd_f.index_select(0, todo).gather(1, first)[:, 0]
+        far = (~free.any(1)).nonzero()[:, 0]
+        if far.numel():                                                  # all k full: refresh their lists
+            kd, kp = _knn_open(c, p, room, todo[far], k)
+            kp_f[todo[far]], kd_f[todo[far]] = kp, kd
+            prop[far], d[far] = kp[:, 0], kd[:, 0]
+        key = tb * P + prop
+        o = d.argsort(stable=True)
+        o = o.gather(0, key.gather(0, o).argsort(stable=True))          # by (cloud, parent), then distance, then child
+        ks = key[o]
+        pos = torch.arange(len(o), device=dev)
+        head = torch.ones_like(ks, dtype=torch.bool); head[1:] = ks[1:] != ks[:-1]
+        rank = pos - torch.where(head, pos, 0).cummax(0).values          # rank among the proposers to that parent
+        ok = rank < room[ks]
+        acc = o[ok]
+        slot[todo[acc]] = prop[acc]
+        room.scatter_add_(0, ks[ok], torch.full_like(ks[ok], -1))
+        keep = torch.ones_like(todo, dtype=torch.bool); keep[acc] = False
+        todo = todo[keep]
+    return slot.view(B, M)
+
+def _refine_knn(child_BM3, parent_BP3, slot, knn_d, knn_q, cap: int, max_rounds: int = 20) -> torch.Tensor:
+    """`_refine_swaps` without the M x P matrix: the distances a swap needs are the two current ones,
+    `knn_d` (a to q) and one computed from the coordinates (b to a's parent p). A child's best swap
+    depends only on its parent and on the children of its `k` nearest parents, so after the first
+    round only the children next to a parent that changed last round are re-scored."""
+    B, M, k = knn_q.shape
+    P = parent_BP3.shape[1]
+    dev = slot.device
+    cT = child_BM3.float().reshape(B * M, 3).T.contiguous()              # (3, B*M): one contiguous row per axis
+    parT = parent_BP3.float().reshape(B * P, 3).T.contiguous()           # (3, B*P)
+    a = torch.arange(M, device=dev).expand(B, M)
+    G = torch.zeros(B, M, device=dev)                                    # best swap of each child: gain, partner, parent
+    Bs, Qs = torch.zeros(B, M, dtype=torch.long, device=dev), torch.zeros(B, M, dtype=torch.long, device=dev)
+    ab, am = torch.arange(B, device=dev).repeat_interleave(M), torch.arange(M, device=dev).repeat(B)  # to re-score
+    for _ in range(max_rounds):
+        members = slot.argsort(dim=1, stable=True).view(B, P, cap)        # children of each parent, by index
+        pT = parT.index_select(1, (slot + (torch.arange(B, device=dev) * P)[:, None]).view(-1))   # (3, B*M) each child's parent
+        d_a = _dist(cT, pT, dim=0).view(B, M)                             # (B, M) current distances
+        if ab.numel():
+            A, am_ = len(ab), ab * M + am                                 # flat (cloud, child) rows: index_select is fast
+            kq = knn_q.reshape(B * M, k).index_select(0, am_)             # (A, k)
+            bb = members.view(B * P, cap).index_select(0, ((ab * P)[:, None] + kq).view(-1)).view(A, k, cap)
+            bf = ((ab * M)[:, None, None] + bb).view(-1)                  # flat rows of the children of each q
+            d_bp = _dist(cT.index_select(1, bf).view(3, A, k, cap), pT.index_select(1, am_)[:, :, None, None], dim=0)
+            d_af = d_a.view(-1)
+            base = d_af.index_select(0, am_)[:, None] - knn_d.reshape(B * M, k).index_select(0, am_)   # (A, k) a moves to q
+            base = base.masked_fill(kq == slot.view(-1).index_select(0, am_)[:, None], -float('inf'))  # q is a's own parent
+            gain = (d_af.index_select(0, bf).view(A, k, cap) - d_bp) + base[..., None]                # b moves to p
+            g, best = gain.view(A, -1).max(-1)
+            G.view(-1)[am_], Bs.view(-1)[am_] = g, bb.view(A, -1).gather(1, best[:, None])[:, 0]
+            Qs.view(-1)[am_] = kq.gather(1, (best // cap)[:, None])[:, 0]
+        want = G > 1e-6 * d_a.mean(1, keepdim=True)
+        if not want.any(): break
+        g, b, q = torch.where(want, G, 0.0), Bs, Qs
+        top = torch.zeros_like(g).scatter_reduce(1, a, g, 'amax').scatter_reduce(1, b, g, 'amax')
+        acc = want & (g == top) & (g == top.gather(1, b)) & ((b.gather(1, b) != a) | (a < b))
+        used = torch.zeros_like(slot).scatter_add(1, a, acc.long()).scatter_add(1, b, acc.long())
+        acc &= (used == 1) & (used.gather(1, b) == 1)                    # each child in one swap only
+        rows, cols = acc.nonzero(as_tuple=True)
+        if not len(rows): break                                          # nothing moved: the next round is this one
+        p_old = slot[rows, cols]
+        slot[rows, cols] = q[rows, cols]; slot[rows, b[rows, cols]] = p_old
+        changed = torch.zeros(B, P + 1, dtype=torch.bool, device=dev)    # parents that gained or lost a child
+        changed[rows, p_old] = True; changed[rows, q[rows, cols]] = True
+        hot = changed.gather(1, slot) | changed.gather(1, knn_q.reshape(B, -1)).view(B, M, k).any(-1)
+        ab, am = hot.nonzero(as_tuple=True)
+    return slot
+
+def assign_greedy(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20, k: int = 8, k_swap: int = 8) -> torch.Tensor:
     """Capacity-constrained nearest assignment, batched torch on any device: `(B, M)` parent slot
     per child, every parent taking exactly `cap` children (M = P * cap). Rounds of proposals (each
     unplaced child asks its nearest parent with room; parents keep their closest askers), then up
-    to `refine_rounds` rounds of improving pairwise swaps. Deterministic (ties break by index)."""
+    to `refine_rounds` rounds of improving pairwise swaps with the `k_swap` nearest parents. Works on
+    the `k` nearest parents of each child (a KD tree on the CPU), never on the M x P distance matrix.
+    Deterministic (ties break by index)."""
+    B, M, _ = child_BM3.shape
+    P = parent_BP3.shape[1]
+    if M != P * cap: raise ValueError(f"{M} children cannot fill {P} parents x {cap} slots")
+    knn_d, knn_p = _knn_parents(child_BM3, parent_BP3, max(k, k_swap))
+    slot = _propose_knn(child_BM3, parent_BP3, knn_d[..., :k], knn_p[..., :k], cap)
+    if not refine_rounds or P == 1: return slot
+    return _refine_knn(child_BM3, parent_BP3, slot, knn_d[..., :k_swap], knn_p[..., :k_swap], cap, refine_rounds)
+
+def assign_greedy_dense(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20) -> torch.Tensor:
+    """The same greedy on the dense (B, M, P) distance matrix (`torch.cdist`): the reference that
+    `assign_greedy` is tested against (same algorithm; it may differ only at near ties)."""
     B, M, _ = child_BM3.shape
     P = parent_BP3.shape[1]
     if M != P * cap: raise ValueError(f"{M} children cannot fill {P} parents x {cap} slots")
@@ -494,15 +737,16 @@ class LoDTree:
         return cls(tuple(scales), index[None] if index.ndim == 1 else index, None)   # values: checked by `gather`
 
 # %% ../nbs/04_lod.ipynb #8b8f3b28
-ASSIGNERS = dict(greedy=assign_greedy, optimal=assign_optimal)
+ASSIGNERS = dict(greedy=assign_greedy, optimal=assign_optimal, greedy_dense=assign_greedy_dense)   # greedy_dense: the trees before issue 18
 
 def build_lod(points, scales, start='centroid', backend: str = 'auto', generator=None,
               assign: str = 'greedy', chunk: int = 16) -> LoDTree:
     """The LoD tree of a batch of clouds `(B, N, 3)` (or one `(N, 3)` cloud, giving B=1).
     `scales`: s_1 < ... < s_K <= N with integer ratios. FPS by `backend` from `start` (see
     `fps_order`), then capacity-constrained parent assignment in batches of `chunk` clouds:
-    `assign='greedy'` (batched torch, near optimal, same result on CPU and GPU) or `'optimal'`
-    (exact Hungarian, one cloud at a time on the CPU). The work is many small ops: on a CPU shared
+    `assign='greedy'` (batched torch on the k nearest parents, near optimal, same result on CPU and GPU
+    up to rounding at near ties), `'optimal'` (exact Hungarian, one cloud at a time on the CPU) or
+    `'greedy_dense'` (the earlier greedy on the dense distance matrix: the trees made before the k-NN one). The work is many small ops: on a CPU shared
     with other busy processes, `torch.set_num_threads(1)` makes it several times faster (see above)."""
     x, _ = _as_batch(points)
     scales = check_scales(scales, x.shape[1])
@@ -547,7 +791,7 @@ def capacity_cost(points, lod: LoDTree) -> list[dict]:
     return rows
 
 # %% ../nbs/04_lod.ipynb #231738a8
-_LOD_CACHE_VERSION = 2   # bump when the trees of the same input change (FPS tie rule, assignment)
+_LOD_CACHE_VERSION = 3   # bump when the trees of the same input change (FPS tie rule, assignment: 3 = k-NN greedy)
 
 def _fingerprint(clouds) -> str:
     "A hash of the exact float32 values and shapes of a list of clouds (the content an LoD cache depends on)."
