@@ -12,8 +12,8 @@ import numpy as np
 from .viz import cloud_grid
 
 # %% auto #0
-__all__ = ['RESULTS', 'QUALITY', 'load_results', 'pack_clouds', 'unpack_clouds', 'table_md', 'samples_fig', 'pareto',
-           'quality_time_fig']
+__all__ = ['RESULTS', 'QUALITY', 'load_results', 'pack_clouds', 'unpack_clouds', 'short_name', 'table_md', 'samples_fig',
+           'pareto', 'quality_time_fig']
 
 # %% ../nbs/17_compare.ipynb #1c00b6a4
 RESULTS = Path(__file__).resolve().parents[1] / 'benchmarks' / 'results' if '__file__' in globals() else Path('../benchmarks/results')
@@ -33,6 +33,12 @@ def unpack_clouds(s: str, shape) -> np.ndarray:
     "Inverse of `pack_clouds`: `(S, N, 3)` float32."
     return np.frombuffer(base64.b64decode(s), dtype=np.float16).astype(np.float32).reshape(shape)
 
+def short_name(model: str) -> str:
+    "A figure label: the paradigm, plus the variant for rows of one paradigm ('next-scale (PointNSP, T = 1)' -> 'next-scale, T = 1')."
+    head, _, rest = model.partition(' (')
+    variant = rest.rstrip(')').partition(', ')[2]
+    return f'{head}, {variant}' if variant else head
+
 def table_md(rows, cols=None) -> str:
     "Rows (dicts) as a markdown table (numbers to 4 significant digits, missing values as '')."
     cols = cols or [k for k in rows[0] if not k.endswith('note')]
@@ -49,7 +55,7 @@ def samples_fig(res: dict, size: float = 2.0, **kw):
     for name in names:
         arr = unpack_clouds(meta['fig_samples'][name], meta['fig_shape'])
         for c, cat in enumerate(meta['fig_categories']):
-            clouds.append(arr[c]); titles.append(f'{name.split(" (")[0]}: {cat}')
+            clouds.append(arr[c]); titles.append(f'{short_name(name)}: {cat}')
     return cloud_grid(clouds, titles=titles, cols=len(meta['fig_categories']), size=size, **kw)
 
 # %% ../nbs/17_compare.ipynb #488fc61b
@@ -67,7 +73,7 @@ def quality_time_fig(rows, x: str = 'sample_s_b1', ys=('1-NNA-CD', '1-NNA-EMD'),
     for j, y in enumerate(ys):
         gen = [r for r in rows if r.get(x) is not None]
         fig.add_trace(go.Scatter(x=[r[x] for r in gen], y=[r[y] for r in gen], mode='markers+text', name=y,
-                                 text=[r['model'].split(' (')[0] for r in gen], textposition='top center',
+                                 text=[short_name(r['model']) for r in gen], textposition='top center',
                                  marker=dict(size=12, symbol=symbols[j % 4])))
         if ideal is not None: fig.add_hline(y=ideal[y], line_dash='dash', annotation_text=f'real shapes {y}', line_color='grey')
     fig.update_layout(xaxis_type='log', xaxis_title=f'{x} (seconds, log)', yaxis_title='1-NNA (lower is better, 0.5 ideal)',
