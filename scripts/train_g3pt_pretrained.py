@@ -1,6 +1,11 @@
 """Train the nano G3PT tokenizer (CQT + LFQ) that ships in data_samples/pretrained/ as g3pt_nano_tokenizer.pt.
 
-    python scripts/train_g3pt_pretrained.py --steps 1500 3000 --out data_samples/pretrained
+    python scripts/train_g3pt_pretrained.py --steps 2500 500 --out data_samples/pretrained
+
+The shipped file: seed 0, 2500 + 500 steps (batch 16, lr 2e-3), 323 s of wall time (321 s of process CPU
+time) on one torch thread of 2 CPU cores shared with other jobs (load average 2.0 at the start and the end);
+validation IoU 0.37, mesh F@0.01 0.33, codebook usage 59/47/43/59/84/88% of the possible codes per scale
+(g3pt_nano.json). (It was written to /tmp and copied here, so the recorded command names another --out.)
 
 Two stages as in G3PT (LayerNorm in place of the quantizer, then LFQ), seeded (`--seed`), on the 400 training
 shapes of the synthetic benchmark (`OccupancyShapes('train')`, 256 surface points, 4096-query pools). Then it
@@ -57,7 +62,7 @@ def main(a) -> dict:
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--steps', type=int, nargs=2, default=[1500, 3000], help='stage 1 (LayerNorm) and stage 2 (LFQ) steps')
+    ap.add_argument('--steps', type=int, nargs=2, default=[2500, 500], help='stage 1 (LayerNorm) and stage 2 (LFQ) steps')
     ap.add_argument('--batch-size', type=int, default=16)
     ap.add_argument('--lr', type=float, default=2e-3)
     ap.add_argument('--warmup', type=int, default=50)
