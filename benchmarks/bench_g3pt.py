@@ -4,28 +4,26 @@ token budget and steps (CQT+LFQ, pooling+LFQ, single-scale LFQ, CQT+VQ), then th
 decoded to meshes, their surface points scored with compute_all_metrics against held-out shapes.
 
     python benchmarks/bench_g3pt.py [--steps 600 1400] [--car-steps 800]        # -> results/g3pt_<device>.json
+    python benchmarks/bench_g3pt.py --tokenizer data_samples/pretrained/g3pt_nano_tokenizer.pt   # the shipped one
     python benchmarks/bench_g3pt.py --ablations-only [--ablation-steps 200 400]  # -> results/g3pt_ablation_<device>.json
 """
 from __future__ import annotations
-import argparse, time
+import argparse, json, time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from _common import print_table, save_results
-from nsp_explore.g3pt import G3PTTokenizer, evaluate_tokenizer, train_tokenizer, train_car
+from nsp_explore.g3pt import G3PTTokenizer, evaluate_tokenizer, load_g3pt, train_tokenizer, train_car
 from nsp_explore.generate import cache_tokens, generator_train_config, sample
 from nsp_explore.metrics import compute_all_metrics
 from nsp_explore.occupancy import OccupancyShapes, mesh_metrics
 from nsp_explore.train import TrainConfig
 
 
-def tokenizer_run(name, train, val, steps, lr, n_mesh=10, **kw):
-    torch.manual_seed(0)
-    tok = G3PTTokenizer('nano', **kw)
-    t = time.time()
-    tok, hists = train_tokenizer(tok, train, steps, train_cfg=TrainConfig.preset('nano', lr=lr, warmup_steps=50, log_every=50))
-    secs = time.time() - t
+def eval_row(name, tok, val, steps, secs, n_mesh=10):
+    "Validation scores of a trained tokenizer as one table row (IoU on the full pools, usage per scale, mesh F / Chamfer)."
     r = evaluate_tokenizer(tok, val)
     row = dict(tokenizer=name, steps=f'{steps[0]}+{steps[1]}', train_s=round(secs, 1), iou=r['iou'], iou_uniform=r['iou_uniform'],
                near_acc=r['near_acc'], cs_iou=r['cs_iou'], iou_per_scale=[round(v, 4) for v in r['iou_per_scale']],
@@ -35,12 +33,20 @@ def tokenizer_run(name, train, val, steps, lr, n_mesh=10, **kw):
         mm = []
         for i in range(0, len(val), max(1, len(val) // n_mesh))[:n_mesh]:
             it = val[i]
-            z = tok(it['points'][None], it['normals'][None]).z_hat
+            with torch.no_grad(): z = tok(it['points'][None], it['normals'][None]).z_hat
             mm.append(mesh_metrics(tok.meshes(z, res=64)[0], val.mesh(i), n=10000, tau=0.01))
         row.update(f_at_0_01=float(np.mean([m['f'] for m in mm])), chamfer_l1=float(np.mean([m['chamfer_l1'] for m in mm])),
                    n_mesh=len(mm))
     print({k: v for k, v in row.items()}, flush=True)
-    return tok, row
+    return row
+
+
+def tokenizer_run(name, train, val, steps, lr, n_mesh=10, **kw):
+    torch.manual_seed(0)
+    tok = G3PTTokenizer('nano', **kw)
+    t = time.time()
+    tok, hists = train_tokenizer(tok, train, steps, train_cfg=TrainConfig.preset('nano', lr=lr, warmup_steps=50, log_every=50))
+    return tok, eval_row(name, tok, val, steps, time.time() - t, n_mesh)
 
 
 def main(a):
@@ -56,7 +62,13 @@ def main(a):
             save_results('g3pt_ablation', rows, args=vars(a))
         print_table([{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows], 'G3PT tokenizer ablations')
         return
-    tok, row = tokenizer_run('CQT + LFQ (nano)', train, val, tuple(a.steps), a.lr)
+    if a.tokenizer:     # a tokenizer trained by scripts/train_g3pt_pretrained.py (its record: steps, time, load)
+        tok = load_g3pt(a.tokenizer)
+        rec = json.loads(Path(a.tokenizer).with_name(Path(a.tokenizer).name.replace('_tokenizer.pt', '.json')).read_text())
+        row = eval_row('CQT + LFQ (nano, shipped)', tok, val, rec['steps'], rec['train_wall_s'])
+        row.update(train_cpu_s=rec['train_cpu_s'], train_loadavg=rec['loadavg_1min'], trained_by=rec['command'])
+    else:
+        tok, row = tokenizer_run('CQT + LFQ (nano)', train, val, tuple(a.steps), a.lr)
     rows.append(row)
     save_results('g3pt', rows, args=vars(a))
     torch.save(tok.state_dict(), a.save_tokenizer) if a.save_tokenizer else None
@@ -85,4 +97,5 @@ if __name__ == '__main__':
     p.add_argument('--ablations-only', action='store_true')
     p.add_argument('--test-per-category', type=int, default=5)
     p.add_argument('--save-tokenizer', default='')
+    p.add_argument('--tokenizer', default='', help='evaluate this saved tokenizer (and train the generator on it) instead of training one')
     main(p.parse_args())

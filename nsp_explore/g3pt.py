@@ -28,8 +28,9 @@ from .occupancy import (extract_mesh, occ_iou, occ_acc, near_surface_acc, cross_
 # %% auto #0
 __all__ = ['G3PTConfig', 'fourier_embed', 'Attention', 'Block', 'voronoi_assign', 'PointEmbed', 'PointEncoder',
            'OccupancyDecoder', 'G3PTOut', 'G3PTState', 'OccupancyDecoding', 'G3PTTokenizer', 'shape_batches',
-           'pick_queries', 'tokenizer_loss', 'train_tokenizer', 'usage_per_scale', 'evaluate_tokenizer',
-           'prefix_next_scale_loss', 'progressive_schedule', 'train_car', 'score_samples']
+           'pick_queries', 'tokenizer_loss', 'train_tokenizer', 'usage_per_scale', 'evaluate_tokenizer', 'save_g3pt',
+           'load_g3pt', 'load_pretrained_g3pt', 'prefix_next_scale_loss', 'progressive_schedule', 'train_car',
+           'score_samples']
 
 # %% ../nbs/13_g3pt.ipynb #c4a9a2e4
 @dataclass
@@ -42,6 +43,8 @@ class G3PTConfig(Config):
     n_heads: int = 4
     enc_layers: int = 1                        # self-attention layers over the latents after the point cross-attention
     dec_layers: int = 2                        # self-attention layers of the decoder over Ẑ
+    query_blocks: int = 1                      # cross-attention blocks per query point (each reads Ẑ again)
+    query_mlp: int = 2                         # MLP width ratio of the query blocks
     n_freqs: int = 6                           # Fourier frequencies of point / query positions
     locality: float = 0.0                      # > 0: decoder attention bias -a |q - anchor_i|^2, a learned from this start
     w_anchor: float = 1.0                      # anchors -> FPS positions of the latents (latent_init='fps', locality > 0)
@@ -61,7 +64,7 @@ class G3PTConfig(Config):
     w_quant: float = 1.0
 
     PRESETS = dict(
-        nano=dict(),
+        nano=dict(entropy_weight=0.5),   # measured: 0.1 left the fine scales at 5% of the codes (benchmarks/g3pt_diagnose.py)
         small=dict(n_points=2048, n_latents=256, scales=(1, 4, 9, 16, 36, 64, 144, 256), dim=256, n_heads=8,
                    enc_layers=4, dec_layers=6, n_freqs=8, n_bits=13, n_queries=2048, mesh_res=96),
     )
@@ -167,7 +170,8 @@ class OccupancyDecoder(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList([Block(cfg.dim, cfg.n_heads) for _ in range(cfg.dec_layers)])
         self.q_embed = nn.Sequential(nn.Linear(3 + 6 * cfg.n_freqs, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
-        self.cross = Block(cfg.dim, cfg.n_heads, mlp_ratio=2)     # runs once per query: the widest tensors of the model
+        # run once per query point: the widest tensors of the model
+        self.cross = nn.ModuleList([Block(cfg.dim, cfg.n_heads, mlp_ratio=cfg.query_mlp) for _ in range(cfg.query_blocks)])
         self.head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, 1))
         if cfg.locality:   # each latent decodes an anchor position; queries prefer nearby latents
             self.anchor = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, 3))
@@ -181,7 +185,9 @@ class OccupancyDecoder(nn.Module):
     def query(self, ctx, q_BQ3):
         h, anchor = ctx
         bias = None if anchor is None else -self.log_alpha.exp() * torch.cdist(q_BQ3, anchor).square()   # (B, Q, M)
-        return self.head(self.cross(self.q_embed(fourier_embed(q_BQ3, self.cfg.n_freqs)), h, bias))[..., 0]
+        x = self.q_embed(fourier_embed(q_BQ3, self.cfg.n_freqs))                          # (B, Q, C)
+        for blk in self.cross: x = blk(x, h, bias)
+        return self.head(x)[..., 0]
 
     def forward(self, z_hat, q_BQ3): return self.query(self.context(z_hat), q_BQ3)
 
@@ -495,6 +501,40 @@ def evaluate_tokenizer(tok: G3PTTokenizer, ds, batch_size: int = 32) -> dict:
     if tok.stage == 2 and idx[0]:
         r['usage'] = usage_per_scale([torch.cat(i) for i in idx], tok.codebook_size)
     return r
+
+# %% ../nbs/13_g3pt.ipynb #00c5767c
+def save_g3pt(tok: G3PTTokenizer, path) -> 'Path':
+    "A weights-only checkpoint of a `G3PTTokenizer` (with its config) in `fit`'s format; `load_g3pt` reads it."
+    from nsp_explore.train import save_checkpoint
+    return save_checkpoint(path, tok.cpu().float(), None, None, 0, None)
+
+def load_g3pt(path, map_location='cpu') -> G3PTTokenizer:
+    "A `G3PTTokenizer` (stage 2, eval mode) from a checkpoint written by `save_g3pt` / `fit`; `CheckpointError` otherwise."
+    from nsp_explore.train import CheckpointError, check_state_dict, load_checkpoint
+    ck = load_checkpoint(path, map_location=map_location)
+    cls = ck.get('model_class', '')
+    if not cls.endswith('G3PTTokenizer') or not ck.get('model_config'):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {cls or 'model of unknown class'}, not a G3PTTokenizer")
+    tok = G3PTTokenizer(G3PTConfig.from_dict(ck['model_config']))
+    check_state_dict(tok, ck['model'], f'checkpoint {str(path)!r}')
+    tok.load_state_dict(ck['model'])
+    return tok.set_stage(2).to(map_location).eval()
+
+def load_pretrained_g3pt(name: str = 'nano', map_location='cpu') -> G3PTTokenizer:
+    """The shipped G3PT tokenizer `data_samples/pretrained/g3pt_<name>_tokenizer.pt` (stage 2, eval mode).
+    `tok.info` holds `g3pt_<name>.json`: how it was trained (command, seed, steps, time, load) and its validation scores."""
+    import json
+    from nsp_explore.core import data_samples_dir
+    d = data_samples_dir() / 'pretrained'
+    p = d / f'g3pt_{name}_tokenizer.pt'
+    if not p.exists():
+        have = sorted(q.name[len('g3pt_'):-len('_tokenizer.pt')] for q in d.glob('g3pt_*_tokenizer.pt')) if d.is_dir() else []
+        raise FileNotFoundError(f"no pretrained G3PT tokenizer {name!r} in {d}; available: {have or 'none'} "
+                                f"(train one with scripts/train_g3pt_pretrained.py)")
+    tok = load_g3pt(p, map_location)
+    j = d / f'g3pt_{name}.json'
+    tok.info = json.loads(j.read_text()) if j.exists() else {}
+    return tok
 
 # %% ../nbs/13_g3pt.ipynb #ac5550d9
 def prefix_next_scale_loss(model, batch: dict) -> dict:

@@ -46,10 +46,11 @@ class TourConfig(Config):
     temperature: float | tuple | None = None  # one number or one per token scale; None: the pretrained pair's setting, else 1
     top_p: float | None = None
     seed: int = 0
+    g3pt: bool = True                      # the G3PT section: the shipped G3PT tokenizer reconstructs a few shapes
 
     PRESETS: ClassVar = dict(
         quick=dict(categories=('airplane', 'chair', 'mug'), n_train=4, n_val=2, n_test=2,
-                   tokenizer_steps=20, generator_steps=20),
+                   tokenizer_steps=20, generator_steps=20, g3pt=False),     # (the G3PT section: tests/test_g3pt_pretrained.py)
         nano=dict(pretrained='nano'),                             # the shipped pair: ~1 min on 2 CPU cores
         nano_train=dict(tokenizer_steps=1600, generator_steps=1600),   # trains from scratch: ~10 min on 2 idle CPU cores
         small=dict(model='small', n_test=32, emd='auction'),
@@ -315,6 +316,47 @@ def _stage_scores(cfg: TourConfig, rep: Report, out, tok, test, val, device):
     rep.table(rows, floatfmt='{:.3f}')
     return rows, dict(seconds=time.perf_counter() - t0, emd_pairs_computed=emd_pairs)
 
+# %% ../nbs/11_tour.ipynb #54ad3bf8
+def _stage_g3pt(cfg: TourConfig, rep: Report, device, n_shapes: int = 3, res: int = 32):
+    "The shipped G3PT tokenizer reconstructs `n_shapes` validation shapes at every scale: meshes and IoU per scale."
+    from nsp_explore.g3pt import load_pretrained_g3pt     # notebook 13, after the tour: imported only when the section runs
+    from nsp_explore.occupancy import OccupancyShapes, occ_iou, meshes_fig, mesh_slider
+    rep.heading('7. Another paradigm: G3PT, tokens without a tree')
+    try: tok = load_pretrained_g3pt(map_location=device)
+    except FileNotFoundError as e:
+        rep.text(f'(skipped: {e})'); return dict(skipped=str(e))
+    have = list(CATEGORIES if cfg.categories is None else cfg.categories)
+    cats = ([c for c in ('chair', 'airplane', 'mug', 'table') if c in have] or have)[:n_shapes]
+    ds = OccupancyShapes('val', categories=cats, n_per_category=1, n_points=tok.cfg.n_points, n_queries=4096)
+    b = collate([ds[i] for i in range(len(ds))])
+    K, rows, grid = len(tok.scales), [], []
+    with torch.no_grad():
+        out = tok(b['points'].to(device), b['normals'].to(device))
+        ious = torch.stack([occ_iou(tok.logits(z, b['queries'].to(device)).cpu(), b['occ']) for z in out.cumulative], 1)   # (S, K)
+        meshes = [tok.meshes(z, res=res) for z in out.cumulative]                    # K lists of S meshes
+    for i, c in enumerate(cats):
+        rows.append({'shape': f'{c} (validation)', **{f'scales 1..{k + 1} ({sum(tok.scales[:k + 1])} tokens)': float(ious[i, k])
+                                                         for k in range(K)}})
+        grid += [ds.mesh(i)] + [meshes[k][i] for k in (0, K // 2, K - 1)]
+    info = tok.info or {}
+    trained = (f"trained {info['steps'][0]} + {info['steps'][1]} steps ({info['train_wall_s'] / 60:.1f} min on "
+               f"{info['torch_threads']} CPU thread(s)), validation IoU {info['val']['iou']:.2f} on {info['val']['n_shapes']} "
+               "shapes" if info.get('val') else 'trained by scripts/train_g3pt_pretrained.py')
+    rep.text('G3PT (notebook 13) drops the LoD tree: learned queries read each scale\'s tokens out of a latent set by '
+             f'cross-attention, the tokens are lookup-free ({tok.cfg.n_bits} bits, {tok.codebook_size} codes), and the decoder answers occupancy '
+             f'queries, so shapes come out as meshes (marching cubes at {res}^3). The shipped nano tokenizer ({trained}) '
+             f'encodes each shape below into {sum(tok.scales)} tokens over {K} scales {tuple(tok.scales)} and decodes every '
+             'prefix of them. IoU on each shape\'s 4096 occupancy queries (half near the surface, half uniform).')
+    rep.table(rows + [{'shape': 'mean', **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != 'shape'}}],
+              floatfmt='{:.3f}')
+    rep.figure(meshes_fig(grid, titles=[t for c in cats for t in (f'{c}: true', 'scale 1', f'scales 1..{K // 2 + 1}',
+                                                                  f'all {K} scales')], cols=4, height_per_row=220),
+               caption='validation shapes (left) and their G3PT reconstructions from the first, the first half and all token scales')
+    rep.figure(mesh_slider([meshes[k][0] for k in range(K)], titles=[f'scales 1..{k + 1}: IoU {float(ious[0, k]):.2f}'
+                                                                     for k in range(K)], title=f'a {cats[0]}, scale by scale'),
+               caption='coarse to fine: each step adds one scale of tokens (slider / play)')
+    return dict(categories=cats, iou_per_scale=ious.mean(0).tolist())
+
 # %% ../nbs/11_tour.ipynb #833a09c4
 def _check_dir_target(path: Path, what: str):
     "Raise ValueError if folder `path` cannot be created or written (an existing file in the way, no permission)."
@@ -379,6 +421,7 @@ def run_tour(cfg: TourConfig | str = 'auto', out: str | os.PathLike = 'reports/t
         model, info['generator'] = stage('transformer', _stage_generator, cfg, rep, tok, train, device, paths, pair)
         samples, info['sampling'] = stage('sampling', _stage_sampling, cfg, rep, model, tok, test, cats, device)
         scores, info['scoring'] = stage('scores', _stage_scores, cfg, rep, samples, tok, test, val, device)
+        if cfg.g3pt: info['g3pt'] = stage('g3pt', _stage_g3pt, cfg, rep, device)
     ok, why = pyvista_status()
     if ok:
         try:
@@ -431,13 +474,14 @@ def main(argv=None) -> int:
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--tokenizer-steps', type=int, default=None)
     ap.add_argument('--generator-steps', type=int, default=None)
+    ap.add_argument('--no-g3pt', action='store_true', help='leave out the G3PT section (the shipped G3PT tokenizer)')
     a = ap.parse_args(argv)
     try:
         device = _cli_device(a.device)
         name = auto_preset(device) if a.preset == 'auto' else a.preset
         over = {k: v for k, v in dict(tokenizer_steps=a.tokenizer_steps, generator_steps=a.generator_steps).items() if v is not None}
         if over and TourConfig.PRESETS.get(name, {}).get('pretrained'): over['pretrained'] = None   # steps given: train
-        cfg = TourConfig.preset(name, seed=a.seed, **over)
+        cfg = TourConfig.preset(name, seed=a.seed, **({'g3pt': False} if a.no_g3pt else {}), **over)
         check_output_paths(a.out, a.workdir)
     except (KeyError, TypeError, ValueError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

@@ -1,0 +1,101 @@
+"""Why did the nano G3PT tokenizer stall near IoU 0.37? Short measured runs, one suspect each.
+
+Each run trains the nano tokenizer from seed 0 on the 400 training shapes (batch 16, lr 2e-3, 50 warmup steps,
+cosine schedule) with one change, then scores IoU on 40 validation shapes (every other one of the first 80 of the
+100, i.e. of the first 8 of the 10 categories: their IoU reads higher than the full set's; full
+4096-query pools). `--s2 0` keeps it in stage 1 (LayerNorm in place of LFQ: the continuous autoencoder);
+`--bypass` also skips the residual loop over scales (encoder straight into the decoder); `--init` starts from a
+saved state (stage-2 variants from one stage-1 checkpoint); `--save` writes the trained state.
+Every run appends one row to `results/g3pt_diagnosis_<device>.json` (wall and process CPU time, load average).
+
+    python benchmarks/g3pt_diagnose.py --s1 600 --tag base600
+    python benchmarks/g3pt_diagnose.py --s1 600 --tag bypass --bypass
+    python benchmarks/g3pt_diagnose.py --s1 600 --tag freq8 --kw '{"n_freqs": 8}'
+    python benchmarks/g3pt_diagnose.py --s1 0 --s2 400 --init s1.pt --tag ew0.5 --kw '{"entropy_weight": 0.5}'
+    python benchmarks/g3pt_diagnose.py --oracle --tag oracle    # what 256 points with normals say, no learning
+"""
+from __future__ import annotations
+import argparse, json, os, time, types
+from pathlib import Path
+
+import torch
+
+from _common import machine, save_results
+from nsp_explore.g3pt import G3PTOut, G3PTTokenizer, evaluate_tokenizer, train_tokenizer
+from nsp_explore.occupancy import OccupancyShapes
+from nsp_explore.train import TrainConfig
+
+
+def bypass_loop(tok):
+    "Encoder straight into the decoder: Ẑ = Z at every scale (no down/up attention, no bottleneck)."
+    def fwd(self, x, normals=None):
+        z, pos = self.encoder(x, normals)
+        return G3PTOut(z, z, [z] * self.K, [None] * self.K, [0.0] * self.K, dict(quant=z.new_zeros(())), dict(usage_frac=[]), pos)
+    tok.forward = types.MethodType(fwd, tok)
+
+
+class Subset(torch.utils.data.Dataset):
+    def __init__(self, ds, idx): self.ds, self.idx = ds, idx
+    def __len__(self): return len(self.idx)
+    def __getitem__(self, i): return self.ds[self.idx[i]]
+
+
+def nn_normal_oracle(ds, n_points: int = 256) -> dict:
+    """No learning: a query is inside when it lies behind the nearest of the shape's `n_points` input points along that
+    point's outward normal. What the input points alone say about the occupancy; `occupied` = volume fraction."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+    iou, iou_u, occupied = [], [], []
+    for r in ds.records:
+        s, n, q, o, near = r['surface'][:n_points], r['normals'][:n_points], r['points'], r['occ'] > 0.5, r['near']
+        _, j = cKDTree(s).query(q)
+        pred = ((q - s[j]) * n[j]).sum(1) < 0
+        iou.append((pred & o).sum() / max(1, (pred | o).sum()))
+        u = ~near
+        iou_u.append((pred[u] & o[u]).sum() / max(1, (pred[u] | o[u]).sum())); occupied.append(o[u].mean())
+    return dict(iou=float(np.mean(iou)), iou_uniform=float(np.mean(iou_u)), occupied=float(np.mean(occupied)), n_val=len(ds))
+
+
+def main(a):
+    torch.set_num_threads(1)
+    kw = json.loads(a.kw)
+    if a.oracle:
+        r = nn_normal_oracle(OccupancyShapes('val', n_points=256, n_queries=4096))
+        print('RESULT', json.dumps(r)); save_results('g3pt_oracle', [r], note=nn_normal_oracle.__doc__); return
+    train = OccupancyShapes('train', n_points=256, n_queries=4096)
+    val = OccupancyShapes('val', n_points=256, n_queries=4096)
+    torch.manual_seed(0)
+    tok = G3PTTokenizer('nano', **kw)
+    if a.bypass: bypass_loop(tok)
+    if a.init: tok.load_state_dict(torch.load(a.init))
+    load0, t, c0 = os.getloadavg()[0], time.time(), time.process_time()
+    tok, hists = train_tokenizer(tok, train, (a.s1, a.s2), batch_size=a.bs,
+                                 train_cfg=TrainConfig.preset('nano', lr=a.lr, warmup_steps=a.warm, log_every=50))
+    wall, cpu = time.time() - t, time.process_time() - c0
+    if a.s2 == 0: tok.set_stage(1)
+    r = evaluate_tokenizer(tok, Subset(val, list(range(0, len(val), max(1, len(val) // a.nval)))[:a.nval]))
+    row = dict(tag=a.tag, change=kw, bypass=a.bypass, init=bool(a.init), s1=a.s1, s2=a.s2, lr=a.lr, batch=a.bs, wall_s=round(wall, 1),
+               cpu_s=round(cpu, 1), loadavg_1min=[round(load0, 2), round(os.getloadavg()[0], 2)], n_val=a.nval,
+               iou=round(r['iou'], 4), iou_uniform=round(r['iou_uniform'], 4), iou_per_scale=[round(v, 3) for v in r['iou_per_scale']],
+               usage_of_possible=[round(v, 3) for v in r['usage']['of_possible']] if 'usage' in r else None,
+               train_iou_curve=[(int(x['step']), round(float(x['iou']), 3)) for h in hists for x in h.rows[::4]])
+    print('RESULT', json.dumps(row), flush=True)
+    if a.save: torch.save(tok.state_dict(), a.save)
+    f = Path(__file__).parent / 'results' / f"g3pt_diagnosis_{machine()['device']}.json"
+    rows = json.loads(f.read_text())['rows'] if f.exists() and not a.fresh else []
+    save_results('g3pt_diagnosis', [r for r in rows if r['tag'] != a.tag] + [row],
+                 note='nano tokenizer, seed 0, one change per run; IoU on 40 validation shapes; 1 torch thread on 2 CPU '
+                      'cores shared with other jobs (load average per row)')
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--s1', type=int, default=600); p.add_argument('--s2', type=int, default=0)
+    p.add_argument('--lr', type=float, default=2e-3); p.add_argument('--warm', type=int, default=50)
+    p.add_argument('--bs', type=int, default=16); p.add_argument('--tag', required=True)
+    p.add_argument('--kw', default='{}', help='G3PTConfig overrides as JSON')
+    p.add_argument('--nval', type=int, default=40)
+    p.add_argument('--bypass', action='store_true'); p.add_argument('--init', default=''); p.add_argument('--save', default='')
+    p.add_argument('--fresh', action='store_true', help='start a new results file')
+    p.add_argument('--oracle', action='store_true', help='only the nearest-point-normal oracle on the 100 validation shapes')
+    main(p.parse_args())
