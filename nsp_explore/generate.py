@@ -167,7 +167,8 @@ def load_pretrained(name: str = 'nano', map_location='cpu'):
     d = data_samples_dir() / 'pretrained'
     tp, gp = d / f'{name}_tokenizer.pt', d / f'{name}_generator.pt'
     if not (tp.exists() and gp.exists()):
-        have = sorted(p.name[:-len('_tokenizer.pt')] for p in d.glob('*_tokenizer.pt')) if d.is_dir() else []
+        have = sorted(p.name[:-len('_tokenizer.pt')] for p in d.glob('*_tokenizer.pt')      # pairs only (a lone
+                      if (d / p.name.replace('_tokenizer.pt', '_generator.pt')).exists()) if d.is_dir() else []  # tokenizer is no pair)
         raise FileNotFoundError(f"no pretrained pair {name!r} in {d}; available: {have or 'none'} "
                                 f"(train one with scripts/train_pretrained.py)")
     tok, gen = load_tokenizer(tp, map_location), load_generator(gp, map_location)
