@@ -58,13 +58,19 @@ def test_committed_results_follow_the_protocol(res):
     assert meta['n_test'] >= 100 and meta['n_points'] == 256
     assert 'loadavg_1min' in res['machine'] and meta['loadavg_start'] > 0 and res['machine']['device'] == 'cpu'
     models = [r['model'] for r in rows]
-    for m in ('next-scale (PointNSP)', 'masked (SMART-3D)', 'flat AR (fps order)', 'real shapes (val vs test)'):
+    for m in ('next-scale (PointNSP, T = 1)', 'masked (SMART-3D)', 'flat AR (fps order)', 'real shapes (val vs test)'):
         assert m in models
+    redone = [m for u in meta.get('updates', []) for m in u['rows']]             # rows re-run after the full run say so
+    assert all(m in models for m in redone) and all(u['note'] and u['loadavg_start'] > 0 for u in meta.get('updates', []))
     for r in rows:
         for k in QUALITY: assert r[k] is not None and r[k] >= 0
         for k in ('1-NNA-CD', '1-NNA-EMD', 'COV-CD', 'COV-EMD'): assert 0 <= r[k] <= 1
     ev = {r['model']: r['evals_per_shape'] for r in rows}
-    assert ev['next-scale (PointNSP)'] == 4 and ev['masked (SMART-3D)'] == 8 and ev['flat AR (fps order)'] == 256
+    import json
+    from nsp_explore.core import data_samples_dir
+    K = len(json.loads((data_samples_dir() / 'pretrained' / 'nano.json').read_text())['tokenizer_config']['scales'])
+    assert ev['next-scale (PointNSP, T = 1)'] == K                               # the shipped pair: one call per scale
+    assert ev['masked (SMART-3D)'] == 8 and ev['flat AR (fps order)'] == 256
     gen = [r for r in rows if r['evals_per_shape'] is not None]
     assert all(r['sample_s_b1'] > 0 and r['sample_s_b64_per_shape'] > 0 and r['train_s'] > 0 and r['params'] > 0 for r in gen)
     assert all(r['params'] >= r['params_generator'] for r in gen)

@@ -65,7 +65,7 @@ def _changed(cfg, field, rng):
             if new != v: return new
     if field == 'model': return 'small' if v != 'small' else 'nano'
     if field == 'emd': return 'auction' if v == 'exact' else 'exact'
-    if field == 'temperature': return v + 0.5
+    if field == 'temperature': return (1.0 if v is None else v) + 0.5
     if field == 'top_p': return 0.9 if v is None else None
     return v + rng.randint(1, 5)
 
@@ -190,6 +190,7 @@ def test_resume_with_unchanged_steps_is_still_exact_and_shrinking_is_refused(tmp
 def test_second_ctrl_c_inside_optimizer_step_leaves_no_inconsistent_checkpoint(tmp_path):
     "The reproduction: the checkpoint said step 5 and held step-6 weights. Now the last consistent one stays."
     from nsp_explore.train import TrainConfig, TrainingInterrupted, fit, load_checkpoint
+    before = signal.getsignal(signal.SIGINT)       # default, or SIG_IGN when run in a background job
     cfg = TrainConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=2, log_every=1, ckpt_every=2)
     straight = fit(fresh(), toy_data, toy_loss, cfg, progress_bar=False)
     calls = []
@@ -206,7 +207,7 @@ def test_second_ctrl_c_inside_optimizer_step_leaves_no_inconsistent_checkpoint(t
             fit(fresh(), toy_data, loss_sigint, cfg, ckpt_path=ck, progress_bar=False)
     finally: hook.remove()
     assert e.value.checkpoint is None and 'keeps step 4' in str(e.value)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before                        # the caller's handler restored
     assert load_checkpoint(ck)['step'] == 4                                 # the last periodic one, consistent
     resumed = fit(fresh(), toy_data, toy_loss, cfg, ckpt_path=ck, progress_bar=False)
     assert same_weights(straight.model, resumed.model)                      # the resume is exact
