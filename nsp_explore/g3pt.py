@@ -510,11 +510,8 @@ def save_g3pt(tok: G3PTTokenizer, path) -> 'Path':
 
 def load_g3pt(path, map_location='cpu') -> G3PTTokenizer:
     "A `G3PTTokenizer` (stage 2, eval mode) from a checkpoint written by `save_g3pt` / `fit`; `CheckpointError` otherwise."
-    from nsp_explore.train import CheckpointError, check_state_dict, load_checkpoint
-    ck = load_checkpoint(path, map_location=map_location)
-    cls = ck.get('model_class', '')
-    if not cls.endswith('G3PTTokenizer') or not ck.get('model_config'):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {cls or 'model of unknown class'}, not a G3PTTokenizer")
+    from nsp_explore.train import check_state_dict, checkpoint_for
+    ck = checkpoint_for(path, 'G3PTTokenizer', map_location)
     tok = G3PTTokenizer(G3PTConfig.from_dict(ck['model_config']))
     check_state_dict(tok, ck['model'], f'checkpoint {str(path)!r}')
     tok.load_state_dict(ck['model'])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .core import autocast, check_cloud, default_device, progress, auto_preset, Timer
 from .viz import cloud_grid, cloud_slider
 from .transformer import (KVCache, ScaleTransformer, TransformerConfig, flatten_teacher, model_flops)
-from .train import CheckpointError, TrainConfig, fit, load_checkpoint
+from .train import CheckpointError, TrainConfig, checkpoint_for, fit, load_checkpoint
 
 # %% auto #0
 __all__ = ['GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config', 'train_generator',
@@ -149,9 +149,7 @@ def train_generator(tokenizer, data, cfg: TransformerConfig | str = 'nano', trai
 
 def load_generator(path, map_location='cpu', ema: bool = True) -> ScaleTransformer:
     "The `ScaleTransformer` of a checkpoint written by `train_generator`/`fit` (EMA weights when stored and `ema`)."
-    ck = load_checkpoint(path)
-    if ck.get('model_config') is None or not str(ck.get('model_class', '')).endswith('ScaleTransformer'):
-        raise CheckpointError(f"{str(path)!r} holds a {ck.get('model_class')}, not a ScaleTransformer")
+    ck = checkpoint_for(path, 'ScaleTransformer')
     model = ScaleTransformer.from_config(TransformerConfig.from_dict(ck['model_config']))
     load_checkpoint(path, model)
     if ema and (ck.get('extra') or {}).get('ema') is not None: model.load_state_dict(ck['extra']['ema'])

@@ -20,8 +20,8 @@ from .viz import curves_fig
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'STOP_SIGNALS', 'TrainConfig', 'param_groups', 'WarmupCosine', 'make_optimizer', 'History',
            'CheckpointError', 'unwrap_model', 'rng_state', 'set_rng_state', 'save_checkpoint', 'check_state_dict',
-           'load_checkpoint', 'SeededBatches', 'to_device', 'ddp_setup', 'ema_update', 'TrainingInterrupted',
-           'graceful_interrupt', 'fit']
+           'load_checkpoint', 'checkpoint_for', 'SeededBatches', 'to_device', 'ddp_setup', 'ema_update',
+           'TrainingInterrupted', 'graceful_interrupt', 'fit']
 
 # %% ../nbs/08_train.ipynb #c529352b
 @dataclass
@@ -256,6 +256,17 @@ def load_checkpoint(path, model: nn.Module | None = None, map_location='cpu', st
                                       f"config; (checkpoint, model) values: {dict(sorted(diff.items())[:6])}")
         check_state_dict(inner, ck['model'], f'checkpoint {str(path)!r}', strict)
         inner.load_state_dict(ck['model'], strict=strict)
+    return ck
+
+def checkpoint_for(path, class_name: str, map_location='cpu') -> dict:
+    """`load_checkpoint(path)` for a loader that rebuilds one model class from its stored config: the checkpoint
+    must hold a `class_name` (e.g. `'PointNSPTokenizer'`) with its `model_config`, else `CheckpointError`."""
+    ck = load_checkpoint(path, map_location=map_location)
+    cls = str(ck.get('model_class') or '')
+    if not cls.endswith(class_name):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {cls or 'model of unknown class'}, not a {class_name}")
+    if not ck.get('model_config'):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {cls} without its model config, so it cannot be rebuilt")
     return ck
 
 # %% ../nbs/08_train.ipynb #ad5c0341

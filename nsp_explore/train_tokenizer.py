@@ -16,7 +16,7 @@ from .data import SyntheticShapes, collate
 from .lod import LoDDataset, LoDTree
 from .metrics import chamfer_distance, emd_exact
 from .tokenizer import PointNSPTokenizer, TokenizerConfig
-from .train import CheckpointError, TrainConfig, check_state_dict, fit, load_checkpoint
+from .train import CheckpointError, TrainConfig, check_state_dict, checkpoint_for, fit, load_checkpoint
 
 # %% auto #0
 __all__ = ['TOKENIZER_TRAIN', 'tokenizer_datasets', 'tokenizer_loss', 'tokenizer_train_config', 'train_tokenizer',
@@ -114,10 +114,7 @@ def _check_dataset(model, ds):
 # %% ../nbs/08a_train_tokenizer.ipynb #2c449192
 def load_tokenizer(path, map_location='cpu') -> PointNSPTokenizer:
     "A `PointNSPTokenizer` (eval mode) from a checkpoint written by `train_tokenizer` / `fit`; `CheckpointError` otherwise."
-    ck = load_checkpoint(path, map_location=map_location)
-    cls = ck.get('model_class', '')
-    if not cls.endswith('PointNSPTokenizer') or not ck.get('model_config'):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {cls or 'model of unknown class'}, not a PointNSPTokenizer")
+    ck = checkpoint_for(path, 'PointNSPTokenizer', map_location)
     try: cfg = TokenizerConfig.from_dict(ck['model_config'])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} has an invalid tokenizer config: {e}") from e
