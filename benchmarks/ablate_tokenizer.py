@@ -2,6 +2,8 @@
 
     python benchmarks/ablate_tokenizer.py --steps 1500              # every variant, in parallel processes
     python benchmarks/ablate_tokenizer.py --steps 4 --n 4 --only default,leaf1   # a quick check (CPU)
+    python benchmarks/ablate_tokenizer.py --n 20 --metrics cd --score old=data_samples/pretrained/nano_tokenizer.pt --results-name X
+                                                         # score saved tokenizers with the same protocol
 
 Each variant trains the nano tokenizer from the same seed for the same steps (batch 32, the recipe of
 scripts/train_pretrained.py) with ONE change against the current default, then scores its reconstructions of
@@ -29,6 +31,10 @@ VARIANTS = {
     'no_data_init': ({}, 'codebook not initialized from data at the first step'),
     'decay099': ({}, 'codebook EMA decay 0.99 instead of 0.96'),
     'leaf1': (dict(scales=(1, 4, 16, 64, 256)), 'finest token scale = the full cloud (1 point per leaf, as the paper)'),
+    'leaf1_slots': (dict(scales=(1, 4, 16, 64, 256), sibling_slots=True), 'leaf1 + a learned vector per family slot in the decoder'),
+    'leaf1_slots_fixnorm': (dict(scales=(1, 4, 16, 64, 256), sibling_slots=True, norm_affine=False),
+                            'leaf1_slots + no learned gain on the encoder output (its growth inflates the commitment loss)'),
+    'leaf1_fixnorm': (dict(scales=(1, 4, 16, 64, 256), norm_affine=False), 'leaf1 + no learned gain on the encoder output'),
     'leaf1_traj1': (dict(scales=(1, 4, 16, 64, 256), fps_trajectories=1), 'leaf1 without FPS augmentation'),
     'wide': (dict(dim=128, hidden=256, dec_hidden=256), 'twice the widths'),
     'hierarchical': (dict(hierarchical=True), 'positions decoded as parent + offset'),
@@ -37,10 +43,53 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, steps: int, n: int, device: str, cache_dir, out: Path, metrics=('cd', 'emd')):
+def score_rows(tok, name: str, norm, cats, n: int, dev, cache_dir, metrics=('cd', 'emd'), with_real: bool = False) -> list[dict]:
+    """Per category: `tok`'s reconstructions of `n` validation shapes against `n` test shapes, unpaired (1-NNA/COV/MMD),
+    plus the paired CD/EMD and the duplicate fraction; `with_real`: also the real validation shapes (the floor)."""
+    from nsp_explore.data import SyntheticShapes
+    from nsp_explore.metrics import compute_all_metrics, chamfer_distance, duplicate_fraction, emd_exact
+    rows = []
+    for cat in cats:
+        test = SyntheticShapes('test', [cat], n, n_points=tok.n_points, resample=False, normalizer=norm, cache_dir=cache_dir)
+        vs = SyntheticShapes('val', [cat], n, n_points=tok.n_points, resample=False, normalizer=norm, cache_dir=cache_dir)
+        refs = torch.stack([test[i]['points'] for i in range(len(test))])
+        X = torch.stack([vs[i]['points'] for i in range(len(vs))])
+        with torch.no_grad(): rec = tok(X.to(dev)).x_hat.float().cpu()
+        m = compute_all_metrics(rec, refs, norm.mean, norm.std, metrics, emd='exact', jsd=False, device=dev, return_matrices=True)
+        mats = m.pop('matrices')
+        rows.append(dict(variant=name, category=cat, kind='recon',
+                         **{k: round(float(v), 4) for k, v in m.items() if k.startswith(('1-NNA', 'COV', 'MMD')) and 'acc' not in k},
+                         pair_cd=round(float(chamfer_distance(rec, X).mean()), 5), pair_emd=round(float(emd_exact(rec, X).mean()), 5),
+                         dup_frac=round(float(duplicate_fraction(rec).mean()), 4)))
+        if with_real:
+            r = compute_all_metrics(X, refs, norm.mean, norm.std, metrics, emd='exact', jsd=False, device=dev, ref_matrices=mats)
+            rows.append(dict(variant='real_val', category=cat, kind='real',
+                             **{k: round(float(v), 4) for k, v in r.items() if k.startswith(('1-NNA', 'COV', 'MMD')) and 'acc' not in k}))
+    return rows
+
+
+def score_checkpoint(name: str, path: str, n: int, device, cache_dir, metrics) -> dict:
+    "Score a saved tokenizer (e.g. a pretrained pair's) with the same protocol as the trained variants."
     from nsp_explore.core import default_device
     from nsp_explore.data import SyntheticShapes
-    from nsp_explore.metrics import compute_all_metrics, chamfer_distance, emd_exact
+    from nsp_explore.train_tokenizer import load_tokenizer
+    dev = default_device(device)
+    tok = load_tokenizer(path).to(dev).eval()
+    info = {}
+    jp = Path(path).with_name(Path(path).name.replace('_tokenizer.pt', '.json'))
+    if jp.exists(): info = json.loads(jp.read_text())
+    from nsp_explore.shapes import CATEGORIES
+    cats = list(info.get('categories') or CATEGORIES)
+    norm = SyntheticShapes('train', cats, None, n_points=tok.n_points, resample=False, cache_dir=cache_dir).normalizer
+    t0 = time.time()
+    rows = score_rows(tok, name, norm, cats, n, dev, cache_dir, metrics)
+    return dict(variant=name, what=f'saved checkpoint {path}', steps=info.get('tokenizer_steps'), train_s=info.get('tokenizer_s'),
+                val_cd=info.get('tokenizer_val_cd'), eval_s=round(time.time() - t0, 1), device=str(dev),
+                config=info.get('tokenizer_config'), rows=rows)
+
+
+def run_variant(name: str, steps: int, n: int, device: str, cache_dir, out: Path, metrics=('cd', 'emd')):
+    from nsp_explore.core import default_device
     from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
     from nsp_explore.train import fit
     from nsp_explore.train_tokenizer import tokenizer_datasets, tokenizer_loss, tokenizer_train_config, _val_cd
@@ -62,25 +111,9 @@ def run_variant(name: str, steps: int, n: int, device: str, cache_dir, out: Path
     h = fit(tok, train, tokenizer_loss, tcfg, device=dev, val_fn=_val_cd(val), progress_bar=False)
     train_s = time.time() - t0
     tok = tok.eval()
-    cats = list(train.dataset.categories)
-    norm = train.dataset.normalizer
-    rows, t0 = [], time.time()
-    for cat in cats:
-        test = SyntheticShapes('test', [cat], n, n_points=cfg.n_points, resample=False, normalizer=norm, cache_dir=cache_dir)
-        vs = SyntheticShapes('val', [cat], n, n_points=cfg.n_points, resample=False, normalizer=norm, cache_dir=cache_dir)
-        refs = torch.stack([test[i]['points'] for i in range(len(test))])
-        X = torch.stack([vs[i]['points'] for i in range(len(vs))])
-        with torch.no_grad(): rec = tok(X.to(dev)).x_hat.float().cpu()
-        m = compute_all_metrics(rec, refs, norm.mean, norm.std, metrics, emd='exact', jsd=False, device=dev, return_matrices=True)
-        mats = m.pop('matrices')
-        row = dict(variant=name, category=cat, kind='recon',
-                   **{k: round(float(v), 4) for k, v in m.items() if k.startswith(('1-NNA', 'COV', 'MMD')) and 'acc' not in k},
-                   pair_cd=round(float(chamfer_distance(rec, X).mean()), 5), pair_emd=round(float(emd_exact(rec, X).mean()), 5))
-        rows.append(row)
-        if name == 'default':        # the floor: real validation shapes against the same test shapes
-            r = compute_all_metrics(X, refs, norm.mean, norm.std, metrics, emd='exact', jsd=False, device=dev, ref_matrices=mats)
-            rows.append(dict(variant='real_val', category=cat, kind='real',
-                             **{k: round(float(v), 4) for k, v in r.items() if k.startswith(('1-NNA', 'COV', 'MMD')) and 'acc' not in k}))
+    t0 = time.time()
+    rows = score_rows(tok, name, train.dataset.normalizer, list(train.dataset.categories), n, dev, cache_dir, metrics,
+                      with_real=name == 'default')
     last = h.rows[-1] if h.rows else {}
     rec = dict(variant=name, what=what, steps=steps, data_s=round(data_s, 1), train_s=round(train_s, 1),
                eval_s=round(time.time() - t0, 1), val_cd=h.val[-1]['cd'] if h.val else None,
@@ -101,7 +134,7 @@ def summarize(recs: list[dict]) -> list[dict]:
         rec = next((r for r in recs if r['variant'] == name), {})
         table.append(dict(variant=name, steps=rec.get('steps'), nna_cd=mean('1-NNA-CD'),
                           worst_nna_cd=max(x['1-NNA-CD'] for x in rows), nna_emd=mean('1-NNA-EMD'),
-                          cov_cd=mean('COV-CD'), pair_cd=mean('pair_cd'), pair_emd=mean('pair_emd'),
+                          cov_cd=mean('COV-CD'), pair_cd=mean('pair_cd'), dup_frac=mean('dup_frac'), pair_emd=mean('pair_emd'),
                           val_cd=None if rec.get('val_cd') is None else round(rec['val_cd'], 4),
                           train_s=rec.get('train_s')))
     return table
@@ -119,11 +152,14 @@ def main():
     ap.add_argument('--metrics', default='cd,emd', help="'cd' alone skips the exact EMD (its Hungarian solves dominate the scoring)")
     ap.add_argument('--jobs', type=int, default=0, help='variants run at once (0: all at once; 1 on a 2-core CPU)')
     ap.add_argument('--deadline-s', type=float, default=None, help='kill variants still running after this many seconds')
+    ap.add_argument('--score', action='append', default=[], metavar='NAME=PATH',
+                    help='also score this saved tokenizer checkpoint (repeatable), e.g. shipped=data_samples/pretrained/nano_tokenizer.pt')
+    ap.add_argument('--results-name', default='tokenizer_ablation', help='results file stem (<stem>_<device>.json)')
     a = ap.parse_args()
     work = Path(a.work); work.mkdir(parents=True, exist_ok=True)
     if a.variant:
         run_variant(a.variant, a.steps, a.n, a.device, a.cache_dir, work / f'{a.variant}.json', tuple(a.metrics.split(','))); return
-    names = a.only.split(',') if a.only else list(VARIANTS)
+    names = [] if (a.score and not a.only) else (a.only.split(',') if a.only else list(VARIANTS))
     bad = [v for v in names if v not in VARIANTS]
     if bad: ap.error(f'unknown variant(s) {bad}; choose from {list(VARIANTS)}')
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'NSP_QUIET': '1'}
@@ -142,16 +178,19 @@ def main():
         try: p.wait(timeout=left)
         except subprocess.TimeoutExpired: p.kill(); print(f'{v}: killed at the deadline', flush=True)
     recs = [json.loads((work / f'{v}.json').read_text()) for v in names if (work / f'{v}.json').exists()]
+    for spec in a.score:
+        nm, path = spec.split('=', 1)
+        recs.append(score_checkpoint(nm, path, a.n, a.device, a.cache_dir, tuple(a.metrics.split(','))))
     missing = [v for v in names if not (work / f'{v}.json').exists()]
     for v in missing: print(f'--- {v} failed; log tail:\n' + '\n'.join((work / f'{v}.log').read_text().splitlines()[-8:]))
     table = summarize(recs)
     dev = recs[0]['device'] if recs else 'cpu'
     print_table(table, f'nano tokenizer ablation: recon of {a.n} val vs {a.n} test shapes per category (means; lower 1-NNA is better)')
-    res = dict(benchmark='tokenizer_ablation', date=time.strftime('%Y-%m-%d %H:%M:%S'), machine=machine(), steps=a.steps,
+    res = dict(benchmark=a.results_name, command=' '.join(sys.argv), date=time.strftime('%Y-%m-%d %H:%M:%S'), machine=machine(), steps=a.steps,
                n_per_category=a.n, wall_s=round(time.time() - t0, 1), missing=missing, table=table,
                variants={r['variant']: {k: v for k, v in r.items() if k != 'rows'} for r in recs},
                rows=[x for r in recs for x in r['rows']])
-    name = f"tokenizer_ablation_{'cuda' if dev.startswith('cuda') else 'cpu'}.json"
+    name = f"{a.results_name}_{'cuda' if dev.startswith('cuda') else 'cpu'}.json"
     for d in [RESULTS] + ([Path(os.environ['OUT'])] if os.environ.get('OUT') else []):
         Path(d).mkdir(parents=True, exist_ok=True); (Path(d) / name).write_text(json.dumps(res, indent=1, default=str))
     print(f'wrote {RESULTS / name}')

@@ -111,6 +111,10 @@ def update_next_scale(a, tok, gen, labels, refs, norm, FIG_IDX):
             fig = old['meta']['fig_samples'].pop(r['model'])
             r = {**r, 'model': 'next-scale (PointNSP, previous 64-leaf pair, T = 1)'}
             old['meta']['fig_samples'][r['model']] = fig
+        elif r['model'] == 'next-scale (PointNSP, T = 1)' and a.previous_label:   # the pair shipped until now: keep its T = 1 row
+            fig = old['meta']['fig_samples'].pop(r['model'])
+            r = {**r, 'model': f'next-scale (PointNSP, {a.previous_label}, T = 1)'}
+            old['meta']['fig_samples'][r['model']] = fig
         elif r['model'].startswith('next-scale (PointNSP, T') or r['model'].startswith('next-scale (PointNSP, per'):
             old['meta']['fig_samples'].pop(r['model'], None); continue
         kept.append(r)
@@ -137,6 +141,8 @@ def main():
     ap.add_argument('--cache', default='/tmp/compare_samples.pt', help='samples and timings are kept here (--resume reads them)')
     ap.add_argument('--resume', action='store_true')
     ap.add_argument('--token-ar-steps', type=int, default=2000, help="TokenAR (PointNSP's tokens one at a time) steps; 0 leaves it out")
+    ap.add_argument('--previous-label', default=None, help="with --next-scale-only: keep the replaced pair's T = 1 row, "
+                    "renamed 'next-scale (PointNSP, <label>, T = 1)' (its per-scale-T row is dropped)")
     ap.add_argument('--next-scale-only', action='store_true', help="redo only the shipped pair's rows in the existing "
                     "compare_cpu.json (after the pair changed), keeping the other rows")
     a = ap.parse_args()

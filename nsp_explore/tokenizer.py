@@ -36,6 +36,8 @@ class TokenizerConfig(Config):
     dec_hidden: int = 128                     # width of the structure decoder / leaf expansion MLPs
     n_freqs: int = 6                          # Fourier frequencies of the absolute positions
     hierarchical: bool = False                # True: X̂_k = parent position + decoded offset
+    sibling_slots: bool = False               # True: the decoder also knows each node's slot in its family (see StructureDecoder)
+    norm_affine: bool = True                  # False: the encoder's last LayerNorm has no learned gain (fixed feature scale)
     beta: float = 0.25                        # commitment weight inside the quantizer
     w_cd: float = 1.0                         # Chamfer distance (final cloud)
     w_emd: float = 1.0                        # approximate EMD (final cloud); 0 turns it off
@@ -145,7 +147,7 @@ class LeafEncoder(nn.Module):
         self.point_mlp = mlp([3, H // 2, H], last_act=True)
         self.leaf_in = mlp([2 * H + len(cfg.scales) * (3 + 6 * cfg.n_freqs), H, C])
         self.edges = nn.ModuleList(EdgeConv(C, H) for _ in range(cfg.edge_layers))
-        self.norm = nn.LayerNorm(C)
+        self.norm = nn.LayerNorm(C, elementwise_affine=cfg.norm_affine)   # its gain sets the scale the quantizer sees
 
     def forward(self, x_BN3, leaves_BS3):
         B, N, _ = x_BN3.shape; S = leaves_BS3.shape[1]
@@ -169,11 +171,16 @@ class StructureDecoder(nn.Module):
         self.heads = nn.ModuleList(
             mlp([cfg.dim + (fd if (cfg.hierarchical and k > 0) else 0), cfg.dec_hidden, cfg.dec_hidden, 3])
             for k in range(len(cfg.scales)))
+        ratios = [b // a for a, b in zip(cfg.scales[:-1], cfg.scales[1:])]
+        self.slots = nn.ParameterList(nn.Parameter(0.02 * torch.randn(r, cfg.dim)) for r in ratios) \
+            if cfg.sibling_slots else None                              # (r_k, C) per scale k >= 1
 
     def forward(self, k: int, f_hat_BSC: torch.Tensor, parent_BS3: torch.Tensor | None = None) -> torch.Tensor:
         "Positions (B, s_k, 3) of scale k from the cumulative features (B, S, C) and X̂_(k-1) (B, s_(k-1), 3)."
         S, s = self.scales[-1], self.scales[k]
         g = pool(f_hat_BSC, S // s)                                     # (B, s_k, C)
+        if self.slots is not None and k > 0:                            # tree order: families of r_k consecutive nodes
+            g = g + self.slots[k - 1].repeat(s // len(self.slots[k - 1]), 1)
         if not self.hierarchical or k == 0: return self.heads[k](g)
         if parent_BS3 is None: raise ValueError(f"scale {k}: the hierarchical decoder needs the parent positions X̂_{k-1}")
         r = s // self.scales[k - 1]

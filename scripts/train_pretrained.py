@@ -1,8 +1,9 @@
 """Train the pretrained nano pair (tokenizer + next-scale generator) that ships in data_samples/pretrained/.
 
-    python scripts/train_pretrained.py --tokenizer-steps 1500 --generator-steps 2000 --scales 1,4,16,64,256 --out data_samples/pretrained
+    python scripts/train_pretrained.py --tokenizer-steps 1500 --generator-steps 2000 --scales 1,4,16,64,256 \
+        --sibling-slots --fixed-norm --val-every 150 --out data_samples/pretrained
 
-(the shipped pair's command: ~28 + 39 minutes on 2 shared CPU cores). Its sampling setting (one temperature per
+(the shipped pair's command: 11 + 18.5 minutes on 2 otherwise idle CPU cores). Its sampling setting (one temperature per
 token scale, `"sampling"` in nano.json) is not trained: it was chosen afterwards on validation shapes with
 `scripts/eval_pretrained.py --refs val --no-recon --metrics cd --temperature T1,...,T5` (see
 benchmarks/results/pretrained_nano_sampling_sweep_cpu.json), then scored on the test shapes by
@@ -29,7 +30,8 @@ from nsp_explore.generate import cache_tokens, generator_train_config, next_scal
 
 
 def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=None, seed: int = 0, batch_size: int = 32,
-               generator_batch: int = 64, n_train: int | None = None, cache_dir=None, tok_cfg=None, gen_cfg=None) -> dict:
+               generator_batch: int = 64, n_train: int | None = None, cache_dir=None, tok_cfg=None, gen_cfg=None,
+               val_every: int = 0) -> dict:
     "Train and save `nano_tokenizer.pt`, `nano_generator.pt` and `nano.json` under `out`; returns the record."
     device = default_device(None if device is None else str(device))
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -42,11 +44,13 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
     torch.manual_seed(seed)
     tok = PointNSPTokenizer(tok_cfg).set_frame(train.dataset.normalizer)
     tcfg = tokenizer_train_config('nano', steps=tokenizer_steps, batch_size=batch_size, seed=seed,
-                                  warmup_steps=min(200, tokenizer_steps // 10 + 1), log_every=max(1, tokenizer_steps // 20))
+                                  warmup_steps=min(200, tokenizer_steps // 10 + 1), log_every=max(1, tokenizer_steps // 20),
+                                  val_every=val_every)
     t0 = time.time()
     h = fit(tok, train, tokenizer_loss, tcfg, device=device, val_fn=_val_cd(val))
     rec.update(tokenizer_s=time.time() - t0, tokenizer_steps=tokenizer_steps, tokenizer_train=tcfg.to_dict(),
-               tokenizer_val_cd=h.val[-1]['cd'] if h.val else None)
+               tokenizer_val_cd=h.val[-1]['cd'] if h.val else None,
+               tokenizer_val_curve=[{k: round(float(v), 5) for k, v in r.items()} for r in h.val])
     tok = tok.eval()
     t0 = time.time()
     seqs = cache_tokens(tok, train, passes=tok_cfg.fps_trajectories, device=device)
@@ -77,7 +81,16 @@ if __name__ == '__main__':
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--scales', default=None, help="token scales, e.g. 1,4,16,64,256 (the finest = the full cloud: "
                     "benchmarks/ablate_tokenizer.py measured it far better than nano's 64 leaves of 4 points)")
+    ap.add_argument('--sibling-slots', action='store_true', help="the decoder knows each node's slot in its family "
+                    "(TokenizerConfig.sibling_slots: siblings that draw the same code no longer decode to one point)")
+    ap.add_argument('--fixed-norm', action='store_true', help="no learned gain on the encoder output "
+                    "(TokenizerConfig.norm_affine=False): with it the gain grew 2.5x and the commitment loss 14x over 1500 steps")
+    ap.add_argument('--val-every', type=int, default=0, help='validation Chamfer every this many tokenizer steps (recorded)')
     a = ap.parse_args()
-    tok_cfg = TokenizerConfig.preset('nano', **({} if a.scales is None else dict(scales=tuple(int(s) for s in a.scales.split(',')))))
-    print(json.dumps(train_pair(a.tokenizer_steps, a.generator_steps, Path(a.out), a.device, a.seed, tok_cfg=tok_cfg),
+    over = {} if a.scales is None else dict(scales=tuple(int(s) for s in a.scales.split(',')))
+    if a.sibling_slots: over['sibling_slots'] = True
+    if a.fixed_norm: over['norm_affine'] = False
+    tok_cfg = TokenizerConfig.preset('nano', **over)
+    print(json.dumps(train_pair(a.tokenizer_steps, a.generator_steps, Path(a.out), a.device, a.seed, tok_cfg=tok_cfg,
+                                val_every=a.val_every),
                      indent=2, default=str))

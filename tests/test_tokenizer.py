@@ -221,6 +221,39 @@ def test_hierarchical_option_runs_and_needs_parents():
     with pytest.raises(ValueError, match='needs the parent positions'): t.structure(1, f_hat, None)
 
 
+def test_fixed_feature_scale_option():
+    "norm_affine=False: the encoder output has no learned gain, so every leaf feature keeps norm ~sqrt(C) however it trains."
+    t = PointNSPTokenizer('nano', norm_affine=False).eval()
+    assert t.encoder.norm.weight is None and PointNSPTokenizer('nano').encoder.norm.weight is not None
+    with torch.no_grad(): f = t._encode_features(blob_clouds(2, seed=9))[0]                 # (B, S, C)
+    assert_close(f.norm(dim=-1), torch.full(f.shape[:-1], t.cfg.dim ** 0.5), rtol=1e-3, atol=1e-3)
+
+
+def test_sibling_slots_decode_round_trip_and_separate_equal_codes(tmp_path):
+    "sibling_slots: decode(encode(x)) equals the forward; siblings given one code decode apart; old checkpoints load."
+    torch.manual_seed(0)
+    t = PointNSPTokenizer('nano', scales=(1, 4, 16, 64, 256), sibling_slots=True).eval()
+    x = blob_clouds(2, seed=8)
+    idx, _ = t.encode(x)
+    with torch.no_grad(): out = t(x)
+    assert_close(t.decode(idx)['points'], out.x_hat, atol=1e-5, rtol=1e-4)
+    same = [i.clone() for i in idx]
+    same[-1] = same[-1].view(2, 64, 4)[:, :, :1].expand(-1, -1, 4).reshape(2, 256)   # every family: one finest code
+    pts = t.decode(same)['points'].view(2, 64, 4, 3)
+    assert (pts[:, :, 1:] - pts[:, :, :1]).norm(dim=-1).min() > 0                    # slots keep siblings apart
+    from nsp_explore.train import save_checkpoint as _save
+    from nsp_explore.train_tokenizer import load_tokenizer as _load
+    plain = PointNSPTokenizer('nano', scales=(1, 4, 16, 64, 256)).eval()
+    _save(tmp_path / 'old.pt', plain)
+    ck = torch.load(tmp_path / 'old.pt', weights_only=True)
+    del ck['model_config']['sibling_slots'], ck['model_config']['norm_affine']      # as written before the fields
+    torch.save(ck, tmp_path / 'old.pt')
+    back = _load(tmp_path / 'old.pt')
+    assert back.cfg.sibling_slots is False and back.structure.slots is None and back.cfg.norm_affine is True
+    _save(tmp_path / 'new.pt', t)
+    assert_close(_load(tmp_path / 'new.pt').eval().decode(idx)['points'], out.x_hat, atol=1e-5, rtol=1e-4)
+
+
 # ---------------------------------------------------------------- training (nsp_explore.train_tokenizer)
 from nsp_explore.train import CheckpointError, save_checkpoint
 from nsp_explore.train_tokenizer import (codebook_usage, evaluate_tokenizer, load_tokenizer, tokenizer_datasets,
