@@ -3,14 +3,17 @@
     python benchmarks/gpu_suite.py               # on a CUDA machine: ~6 minutes on one H100/H200
     python benchmarks/gpu_suite.py --dry-run     # on a CPU: nano sizes, seconds (what the tests run)
 
-Sections (each timed, each failure recorded rather than fatal, results rewritten after every section):
+Sections, in this order (each timed, each failure recorded rather than fatal, results rewritten after every section):
+  cuda_tests      pytest's `cuda`-marked tests (the CUDA paths against their CPU references)
   lod             FPS (every backend) and the full LoD tree, 64 x 2048 points
   metrics         Chamfer matrix and auction EMD at 2048 points
   transformer     PointNSP-s (`small`): sampling at batch 1 and 64 (2048 points), bf16 training step and MFU
-  pointnsp_s      a short PointNSP-s training of both networks, per-scale reconstruction CD
-  nano_pretrained the pretrained nano pair (scripts/train_pretrained.py), checkpoints written to --pretrained-out
+  profile         where a nano tokenizer and generator training step spends its time (data, forward, backward,
+                  optimizer; the top operators by device and host time, written to profile_<device>.txt)
+  nano_pretrained the shipped nano pair's recipe (data_samples/pretrained/nano.json: its tokenizer config and step
+                  counts, capped by the budget) trained here with scripts/train_pretrained.py, written to --pretrained-out
   soft_mask       ablation none / fixed / learned soft mask on the nano pair's tokens (validation loss)
-  cuda_tests      pytest's `cuda`-marked tests (the CUDA paths against their CPU references)
+  pointnsp_s      a short PointNSP-s training of both networks, per-scale reconstruction CD
 Writes benchmarks/results/gpu_suite_<device>.json (and a copy under $OUT when that is set).
 """
 from __future__ import annotations
@@ -31,9 +34,7 @@ PEAKS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}   # bf16 dense tensor-core
 def timed_fit(make_model, data, loss_fn, budget_s: float, device, probe: int = 8, **cfg):
     "Train a fresh `make_model()` for as many steps as fit in `budget_s` (speed probed on `probe` steps first)."
     m = make_model()
-    t = time.perf_counter(); fit(m, data, loss_fn, TrainConfig(**{**cfg, 'steps': probe, 'warmup_steps': 1, 'log_every': probe}),
-                                 device=device, progress_bar=False)
-    per_step = (time.perf_counter() - t) / probe
+    per_step = _step_ms(m, data, loss_fn, device, cfg.get('batch_size', 32), probe, **{k: v for k, v in cfg.items() if k != 'batch_size'})
     steps = max(probe, int(budget_s / per_step))
     m = make_model()
     t = time.perf_counter()
@@ -109,7 +110,7 @@ def sec_pointnsp_s(a, dev):
     tok, h, info = timed_fit(mk, train, tokenizer_loss, a.budget * 0.55, dev, batch_size=4 if a.dry_run else 16, lr=5e-4)
     rows = [dict(stage='tokenizer', preset=preset, **info, final_loss=h.last('loss'))]
     for r in evaluate_tokenizer(tok, val): rows.append(dict(stage='tokenizer_val', **r))
-    seqs = cache_tokens(tok, train, device=dev)
+    seqs = cache_tokens(tok, train, device=dev).to(dev)
     mkg = lambda: ScaleTransformer.for_tokenizer(TransformerConfig.preset(preset), tok, len(train.dataset.categories))
     gen, hg, info = timed_fit(mkg, seqs.sampler(8 if a.dry_run else 32, 0), next_scale_loss, a.budget * 0.3, dev,
                               batch_size=8 if a.dry_run else 32, lr=4e-4)
@@ -119,21 +120,90 @@ def sec_pointnsp_s(a, dev):
     return rows
 
 
+def shipped_recipe():
+    "The shipped nano pair's tokenizer config and step counts (from its record, data_samples/pretrained/nano.json)."
+    from nsp_explore.tokenizer import TokenizerConfig
+    rec = json.loads((ROOT / 'data_samples' / 'pretrained' / 'nano.json').read_text())
+    return TokenizerConfig(**rec['tokenizer_config']), rec['tokenizer_steps'], rec['generator_steps']
+
+
+def _step_ms(model, data, loss_fn, dev, batch_size, steps=8, **cfg):
+    "Seconds per training step of `model`, after 2 warm-up steps (measured on an H100: the first steps, with kernel\
+    compilation, took 3-10x a step, and a probe that counted them gave PointNSP-s 22 steps where 70 fitted)."
+    run = lambda n: fit(model, data, loss_fn, TrainConfig(**{**cfg, 'steps': n, 'batch_size': batch_size, 'warmup_steps': 1,
+                                                             'log_every': n}), device=dev, progress_bar=False)
+    run(2)
+    t = time.perf_counter(); run(steps)
+    return (time.perf_counter() - t) / steps
+
+
+def sec_profile(a, dev):
+    "Split one training step of the nano tokenizer and generator into data / forward / backward / optimizer time."
+    from nsp_explore.tokenizer import PointNSPTokenizer
+    from nsp_explore.train_tokenizer import tokenizer_datasets, tokenizer_loss
+    from nsp_explore.transformer import ScaleTransformer, TransformerConfig
+    from nsp_explore.generate import cache_tokens, next_scale_loss
+    from nsp_explore.data import collate
+    cfg, _, _ = shipped_recipe()
+    train, _ = tokenizer_datasets(cfg, n_train=2 if a.dry_run else None, cache_dir=a.cache_dir)
+    torch.manual_seed(0)
+    tok = PointNSPTokenizer(cfg).set_frame(train.dataset.normalizer).to(dev).train()
+    gen = ScaleTransformer.for_tokenizer(TransformerConfig.preset('nano'), tok, len(train.dataset.categories)).to(dev)
+    seqs = cache_tokens(tok.eval(), train, device=dev).to(dev); tok.train()
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == 'cuda' else (lambda: None)
+    rows, texts = [], []
+    for name, model, fetch, loss_fn in [
+            ('tokenizer', tok, lambda: {k: v.to(dev) if torch.is_tensor(v) else v
+                                        for k, v in collate([train[i] for i in range(min(32, len(train)))]).items()},
+             tokenizer_loss),
+            ('generator', gen, lambda: {k: v.to(dev) if torch.is_tensor(v) else v
+                                        for k, v in seqs.batch(torch.arange(min(64, len(seqs)))).items()},
+             next_scale_loss)]:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        parts = dict(data=[], forward=[], backward=[], optimizer=[])
+        def step(record):
+            sync(); t0 = time.perf_counter(); b = fetch(); sync(); t1 = time.perf_counter()
+            loss = loss_fn(model, b)['loss']; sync(); t2 = time.perf_counter()
+            loss.backward(); sync(); t3 = time.perf_counter()
+            opt.step(); opt.zero_grad(set_to_none=True); sync(); t4 = time.perf_counter()
+            if record:
+                for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)): parts[k].append(1000 * v)
+        for _ in range(2): step(False)
+        for _ in range(2 if a.dry_run else 5): step(True)
+        rows.append(dict(model=name, **{f'{k}_ms': sorted(v)[len(v) // 2] for k, v in parts.items()}))
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(2): step(False)
+        for key in (['self_cuda_time_total'] if dev.type == 'cuda' else []) + ['self_cpu_time_total']:
+            texts.append(f'== {name}, 2 steps, sorted by {key}\n' + prof.key_averages().table(sort_by=key, row_limit=15))
+    txt = '\n\n'.join(texts)
+    path = RESULTS / f"profile_{'dry' if a.dry_run else dev.type}.txt"
+    path.write_text(txt)
+    if os.environ.get('OUT'): (Path(os.environ['OUT']) / path.name).write_text(txt)
+    return rows
+
+
 def sec_nano_pretrained(a, dev):
     sys.path.insert(0, str(ROOT / 'scripts'))
     from train_pretrained import train_pair
-    from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
+    from nsp_explore.tokenizer import PointNSPTokenizer
+    from nsp_explore.transformer import ScaleTransformer, TransformerConfig
     from nsp_explore.train_tokenizer import tokenizer_datasets, tokenizer_loss
-    # probe the speeds, then give each network its share of the budget
-    cfg = TokenizerConfig.preset('nano')
+    from nsp_explore.generate import cache_tokens, next_scale_loss
+    cfg, t_ship, g_ship = shipped_recipe()
     train, _ = tokenizer_datasets(cfg, n_train=2 if a.dry_run else None, cache_dir=a.cache_dir)
-    probe = PointNSPTokenizer(cfg); t = time.perf_counter()
-    fit(probe, train, tokenizer_loss, TrainConfig(steps=8, batch_size=32, warmup_steps=1, log_every=8), device=dev, progress_bar=False)
-    tok_ms = (time.perf_counter() - t) / 8
-    tsteps = 20 if a.dry_run else int(a.budget * 0.6 / tok_ms)
-    gsteps = 20 if a.dry_run else int(a.budget * 0.3 / 0.012)      # nano generator: ~10-15 ms/step on a GPU (measured below)
-    rec = train_pair(tsteps, gsteps, Path(a.pretrained_out), dev, n_train=2 if a.dry_run else None, cache_dir=a.cache_dir)
-    return [dict(tokenizer_steps=tsteps, generator_steps=gsteps, tokenizer_s=rec['tokenizer_s'], generator_s=rec['generator_s'],
+    # probe both speeds, then give each network its share of the budget (at most the shipped step counts)
+    tok = PointNSPTokenizer(cfg)
+    tok_ms = _step_ms(tok, train, tokenizer_loss, dev, 32)
+    gen = ScaleTransformer.for_tokenizer(TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
+    gen_ms = _step_ms(gen, cache_tokens(tok.eval(), train, device=dev).to(dev).sampler(64, 0), next_scale_loss, dev, 64)
+    tsteps = 20 if a.dry_run else min(t_ship, int(a.budget * 0.6 / tok_ms))
+    gsteps = 20 if a.dry_run else min(g_ship, int(a.budget * 0.3 / gen_ms))
+    rec = train_pair(tsteps, gsteps, Path(a.pretrained_out), dev, n_train=2 if a.dry_run else None, cache_dir=a.cache_dir,
+                     tok_cfg=cfg)
+    return [dict(tokenizer_steps=tsteps, shipped_tokenizer_steps=t_ship, generator_steps=gsteps,
+                 shipped_generator_steps=g_ship, tokenizer_ms_per_step=1000 * tok_ms, generator_ms_per_step=1000 * gen_ms,
+                 tokenizer_s=rec['tokenizer_s'], generator_s=rec['generator_s'],
                  tokenizer_val_cd=rec['tokenizer_val_cd'], generator_loss=rec['generator_loss'], out=str(a.pretrained_out))]
 
 
@@ -143,7 +213,7 @@ def sec_soft_mask(a, dev):
     from nsp_explore.generate import cache_tokens, next_scale_loss
     tok = load_tokenizer(Path(a.pretrained_out) / 'nano_tokenizer.pt').to(dev)
     train, val = tokenizer_datasets(tok.cfg, n_train=2 if a.dry_run else None, n_val=1 if a.dry_run else None, cache_dir=a.cache_dir)
-    tr, va = cache_tokens(tok, train, device=dev, passes=tok.cfg.fps_trajectories), cache_tokens(tok, val, device=dev)
+    tr, va = cache_tokens(tok, train, device=dev, passes=tok.cfg.fps_trajectories).to(dev), cache_tokens(tok, val, device=dev)
     rows = []
     for mode in ('none', 'fixed', 'learned'):
         seed_everything(0)
@@ -159,10 +229,11 @@ def sec_soft_mask(a, dev):
     return rows
 
 
-# order: the cheap measurements, then the pretrained pair (the artifact worth most), its ablation, PointNSP-s, the tests
-SECTIONS = dict(lod=(sec_lod, 0), metrics=(sec_metrics, 0), nano_pretrained=(sec_nano_pretrained, 90),
-                soft_mask=(sec_soft_mask, 36), transformer=(sec_transformer, 0), pointnsp_s=(sec_pointnsp_s, 60),
-                cuda_tests=(sec_cuda_tests, 0))
+# order: the CUDA tests (the check worth most), the cheap measurements, the step profile, then the pretrained pair,
+# its ablation, PointNSP-s
+SECTIONS = dict(cuda_tests=(sec_cuda_tests, 0), lod=(sec_lod, 0), metrics=(sec_metrics, 0), transformer=(sec_transformer, 0),
+                profile=(sec_profile, 0), nano_pretrained=(sec_nano_pretrained, 150),
+                soft_mask=(sec_soft_mask, 36), pointnsp_s=(sec_pointnsp_s, 60))
 
 
 def main():
@@ -174,7 +245,8 @@ def main():
     ap.add_argument('--pretrained-out', default=None, help='where the nano pair goes (default: data_samples/pretrained, '
                                                            'or a temporary folder with --dry-run)')
     ap.add_argument('--results', default=None, help='JSON path (default benchmarks/results/gpu_suite_<device>.json)')
-    ap.add_argument('--test-timeout', type=int, default=45)
+    ap.add_argument('--test-timeout', type=int, default=150)
+    ap.add_argument('--budget-scale', type=float, default=1.0, help='multiply every training budget (a short rerun: 0.5)')
     a = ap.parse_args()
     dev = torch.device(a.device)
     if a.pretrained_out is None:
@@ -186,7 +258,7 @@ def main():
     t_all = time.perf_counter()
     for name, (fn, budget) in SECTIONS.items():
         if a.only and name not in a.only: continue
-        a.budget = 2 if a.dry_run else budget
+        a.budget = 2 if a.dry_run else budget * a.budget_scale
         t = time.perf_counter()
         try:
             rows, err = fn(a, dev), None

@@ -69,7 +69,7 @@ class TransformerConfig(Config):
     soft_mask: str | bool = 'none'  # soft mask inside a scale: 'none' | 'fixed' (Gaussian of distance) | 'learned' (PointNSP's)
     soft_mask_alpha: float = 4.0  # 'fixed': bias = -alpha * ||p_i - p_j||^2 between tokens of one scale
     soft_mask_dim: int = 16       # 'learned': width of the projection P W_p
-    attn: str = 'auto'            # 'auto' | 'dense' | 'flex'
+    attn: str = 'auto'            # 'auto' (flex on CUDA without a soft mask, else dense) | 'dense' | 'flex'
     learned_pos: bool = False     # a learned embedding per token of the sequence (VAR; for tokenizers without positions)
     qk_norm: bool = False         # LayerNorm on queries and keys per head (stabler attention logits)
     # filled in by ScaleTransformer from the tokenizer (so a checkpoint's config rebuilds the model):
@@ -184,7 +184,14 @@ def _flex_fn(device):
     global _compiled_flex
     if device.type != 'cuda':
         return _flex_attention          # CPU: unfused eager reference (compiling takes ~30 s)
-    if _compiled_flex is None: _compiled_flex = torch.compile(_flex_attention, dynamic=False)
+    if _compiled_flex is None:
+        # one compiled kernel per (batch, length) seen: sampling without a KV cache runs every prefix length,
+        # classifier-free guidance doubles the batch. At dynamo's default limit of 8 the ninth shape fell back
+        # to eager flex attention for the rest of the process (measured on an H100: 1.6 s for a small training step).
+        import torch._dynamo
+        for name in ('recompile_limit', 'cache_size_limit'):
+            if hasattr(torch._dynamo.config, name): setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+        _compiled_flex = torch.compile(_flex_attention, dynamic=False)
     return _compiled_flex
 
 def flex_attend(q, k, v, block_mask=None, score_mod=None):
@@ -347,6 +354,9 @@ class ScaleTransformer(nn.Module):
     # --- attention choices ----------------------------------------------------------------
     def backend(self, device) -> str:
         if self.cfg.attn != 'auto': return self.cfg.attn
+        # a soft mask is a new score_mod closure every forward, which recompiles FlexAttention every step
+        # (measured on an H200: 1.5-2.2 s a nano step against 22 ms dense): dense attention takes the bias instead
+        if self.cfg.soft_mask != 'none': return 'dense'
         return 'flex' if (HAS_FLEX and torch.device(device).type == 'cuda') else 'dense'
 
     def _attend_full(self, pos_BL3, backend, slot_BL=None):

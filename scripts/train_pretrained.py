@@ -54,6 +54,7 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
     tok = tok.eval()
     t0 = time.time()
     seqs = cache_tokens(tok, train, passes=tok_cfg.fps_trajectories, device=device)
+    if device.type == 'cuda': seqs = seqs.to(device)      # batches gathered on the GPU
     torch.manual_seed(seed)
     gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
     gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,

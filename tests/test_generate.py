@@ -172,6 +172,17 @@ def test_cache_tokens_and_batches():
     with pytest.raises(ValueError, match='pass the tokenizer'): next_scale_loss(model, lean.batch([0]))
 
 
+def test_token_sequences_to_device_keeps_batches():
+    "`to(device)` moves every tensor; batches and the sampler's rows are unchanged (here CPU to CPU: the copy path)."
+    tok, _ = toy(n_classes=2)
+    seqs = cache_tokens(tok, _ToyData(), batch_size=4)
+    moved = seqs.to('cpu')
+    assert moved is not seqs and moved.scales == seqs.scales and moved.categories == seqs.categories
+    a, b = seqs.sampler(4, seed=3)(5), moved.sampler(4, seed=3)(5)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(moved.batch(torch.tensor([2, 0]))['tokens'], seqs.batch([2, 0])['tokens'])
+
+
 def test_loss_is_mean_of_per_scale_means():
     tok, model = toy(n_classes=2)
     seqs = cache_tokens(tok, _ToyData())

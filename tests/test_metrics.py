@@ -104,6 +104,18 @@ def test_emd_exact_is_assignment_cost_and_a_permutation():
     assert (sh[M.emd_assignment(x, x[:, sh])[0]] == torch.arange(64)).all()
 
 
+def test_emd_assignment_threads_match_one_thread(monkeypatch):
+    "The batch's pairs are solved on worker threads; the matchings are those of the one-thread loop, in order."
+    x, y = rand_clouds(5, 96, 21), rand_clouds(5, 96, 22)
+    x[:, 40:] = x[:, :1]                                      # many equal points: ties, the slow case for the solver
+    many = M.emd_assignment(x, y)
+    monkeypatch.setattr(M.torch, 'get_num_threads', lambda: 1)
+    one = M.emd_assignment(x, y)
+    assert torch.equal(many, one)
+    for b in range(5):                                        # and each row is that pair's own optimum
+        torch.testing.assert_close(M.emd_exact(x[b:b + 1], y[b:b + 1]), M.emd_exact(x, y)[b:b + 1])
+
+
 def test_emd_exact_vs_chamfer_and_bad_inputs():
     x, y = rand_clouds(2, 50, 15), rand_clouds(2, 50, 16)
     # matching one-to-one costs at least the nearest-neighbour cost of each direction

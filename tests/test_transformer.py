@@ -78,6 +78,15 @@ def test_shapes_and_param_count():
     assert model.L == 85 and model.n_params() > model.n_params(embeddings=False)
 
 
+def test_auto_backend_is_dense_with_a_soft_mask():
+    "attn='auto' picks FlexAttention on CUDA only without a soft mask (a score_mod closure recompiles every step)."
+    from nsp_explore.transformer import HAS_FLEX
+    for soft in ('none', 'fixed', 'learned'):
+        _, model = make(soft_mask=soft)
+        want = 'flex' if (soft == 'none' and HAS_FLEX) else 'dense'
+        assert model.backend('cuda') == want and model.backend('cpu') == 'dense'
+
+
 @pytest.mark.parametrize('soft', [False, True])
 def test_no_leak_from_finer_scales(soft):
     "Perturbing scale j's tokens changes the inputs of scales > j only: logits of scales <= j stay exactly equal."
