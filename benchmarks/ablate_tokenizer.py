@@ -35,6 +35,8 @@ VARIANTS = {
     'leaf1_slots_fixnorm': (dict(scales=(1, 4, 16, 64, 256), sibling_slots=True, norm_affine=False),
                             'leaf1_slots + no learned gain on the encoder output (its growth inflates the commitment loss)'),
     'leaf1_fixnorm': (dict(scales=(1, 4, 16, 64, 256), norm_affine=False), 'leaf1 + no learned gain on the encoder output'),
+    'slots_fixnorm': (dict(sibling_slots=True, norm_affine=False),
+                      'the nano preset (64 leaves of 4 points) + sibling slots + no learned encoder-output gain'),
     'leaf1_traj1': (dict(scales=(1, 4, 16, 64, 256), fps_trajectories=1), 'leaf1 without FPS augmentation'),
     'wide': (dict(dim=128, hidden=256, dec_hidden=256), 'twice the widths'),
     'hierarchical': (dict(hierarchical=True), 'positions decoded as parent + offset'),

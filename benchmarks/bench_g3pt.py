@@ -35,8 +35,9 @@ def eval_row(name, tok, val, steps, secs, n_mesh=10):
             it = val[i]
             with torch.no_grad(): z = tok(it['points'][None], it['normals'][None]).z_hat
             mm.append(mesh_metrics(tok.meshes(z, res=64)[0], val.mesh(i), n=10000, tau=0.01))
-        row.update(f_at_0_01=float(np.mean([m['f'] for m in mm])), chamfer_l1=float(np.mean([m['chamfer_l1'] for m in mm])),
-                   n_mesh=len(mm))
+        ch = [m['chamfer_l1'] for m in mm if np.isfinite(m['chamfer_l1'])]    # an empty mesh has no Chamfer distance
+        row.update(f_at_0_01=float(np.mean([m['f'] for m in mm])), chamfer_l1=float(np.mean(ch)) if ch else float('inf'),
+                   n_mesh=len(mm), empty_meshes=len(mm) - len(ch))
     print({k: v for k, v in row.items()}, flush=True)
     return row
 
