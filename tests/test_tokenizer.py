@@ -224,7 +224,10 @@ def test_hierarchical_option_runs_and_needs_parents():
 def test_fixed_feature_scale_option():
     "norm_affine=False: the encoder output has no learned gain, so every leaf feature keeps norm ~sqrt(C) however it trains."
     t = PointNSPTokenizer('nano', norm_affine=False).eval()
-    assert t.encoder.norm.weight is None and PointNSPTokenizer('nano').encoder.norm.weight is not None
+    assert t.encoder.norm.weight is None and PointNSPTokenizer('nano', norm_affine=True).encoder.norm.weight is not None
+    # the nano preset uses both options; the dataclass defaults keep old checkpoints' behaviour
+    assert TokenizerConfig.preset('nano').norm_affine is False and TokenizerConfig.preset('nano').sibling_slots is True
+    assert TokenizerConfig().norm_affine is True and TokenizerConfig().sibling_slots is False
     with torch.no_grad(): f = t._encode_features(blob_clouds(2, seed=9))[0]                 # (B, S, C)
     assert_close(f.norm(dim=-1), torch.full(f.shape[:-1], t.cfg.dim ** 0.5), rtol=1e-3, atol=1e-3)
 
@@ -243,7 +246,7 @@ def test_sibling_slots_decode_round_trip_and_separate_equal_codes(tmp_path):
     assert (pts[:, :, 1:] - pts[:, :, :1]).norm(dim=-1).min() > 0                    # slots keep siblings apart
     from nsp_explore.train import save_checkpoint as _save
     from nsp_explore.train_tokenizer import load_tokenizer as _load
-    plain = PointNSPTokenizer('nano', scales=(1, 4, 16, 64, 256)).eval()
+    plain = PointNSPTokenizer('nano', scales=(1, 4, 16, 64, 256), sibling_slots=False, norm_affine=True).eval()
     _save(tmp_path / 'old.pt', plain)
     ck = torch.load(tmp_path / 'old.pt', weights_only=True)
     del ck['model_config']['sibling_slots'], ck['model_config']['norm_affine']      # as written before the fields
