@@ -34,7 +34,7 @@ PEAKS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0}   # bf16 dense tensor-core
 def timed_fit(make_model, data, loss_fn, budget_s: float, device, probe: int = 8, **cfg):
     "Train a fresh `make_model()` for as many steps as fit in `budget_s` (speed probed on `probe` steps first)."
     m = make_model()
-    per_step = _step_ms(m, data, loss_fn, device, cfg.get('batch_size', 32), probe, **{k: v for k, v in cfg.items() if k != 'batch_size'})
+    per_step = _step_s(m, data, loss_fn, device, cfg.get('batch_size', 32), probe, **{k: v for k, v in cfg.items() if k != 'batch_size'})
     steps = max(probe, int(budget_s / per_step))
     m = make_model()
     t = time.perf_counter()
@@ -127,7 +127,7 @@ def shipped_recipe():
     return TokenizerConfig(**rec['tokenizer_config']), rec['tokenizer_steps'], rec['generator_steps']
 
 
-def _step_ms(model, data, loss_fn, dev, batch_size, steps=8, **cfg):
+def _step_s(model, data, loss_fn, dev, batch_size, steps=8, **cfg):
     "Seconds per training step of `model`, after 2 warm-up steps (measured on an H100: the first steps, with kernel\
     compilation, took 3-10x a step, and a probe that counted them gave PointNSP-s 22 steps where 70 fitted)."
     run = lambda n: fit(model, data, loss_fn, TrainConfig(**{**cfg, 'steps': n, 'batch_size': batch_size, 'warmup_steps': 1,
@@ -194,15 +194,15 @@ def sec_nano_pretrained(a, dev):
     train, _ = tokenizer_datasets(cfg, n_train=2 if a.dry_run else None, cache_dir=a.cache_dir)
     # probe both speeds, then give each network its share of the budget (at most the shipped step counts)
     tok = PointNSPTokenizer(cfg)
-    tok_ms = _step_ms(tok, train, tokenizer_loss, dev, 32)
+    tok_s = _step_s(tok, train, tokenizer_loss, dev, 32)
     gen = ScaleTransformer.for_tokenizer(TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
-    gen_ms = _step_ms(gen, cache_tokens(tok.eval(), train, device=dev).to(dev).sampler(64, 0), next_scale_loss, dev, 64)
-    tsteps = 20 if a.dry_run else min(t_ship, int(a.budget * 0.6 / tok_ms))
-    gsteps = 20 if a.dry_run else min(g_ship, int(a.budget * 0.3 / gen_ms))
+    gen_s = _step_s(gen, cache_tokens(tok.eval(), train, device=dev).to(dev).sampler(64, 0), next_scale_loss, dev, 64)
+    tsteps = 20 if a.dry_run else min(t_ship, int(a.budget * 0.6 / tok_s))
+    gsteps = 20 if a.dry_run else min(g_ship, int(a.budget * 0.3 / gen_s))
     rec = train_pair(tsteps, gsteps, Path(a.pretrained_out), dev, n_train=2 if a.dry_run else None, cache_dir=a.cache_dir,
                      tok_cfg=cfg)
     return [dict(tokenizer_steps=tsteps, shipped_tokenizer_steps=t_ship, generator_steps=gsteps,
-                 shipped_generator_steps=g_ship, tokenizer_ms_per_step=1000 * tok_ms, generator_ms_per_step=1000 * gen_ms,
+                 shipped_generator_steps=g_ship, tokenizer_ms_per_step=1000 * tok_s, generator_ms_per_step=1000 * gen_s,
                  tokenizer_s=rec['tokenizer_s'], generator_s=rec['generator_s'],
                  tokenizer_val_cd=rec['tokenizer_val_cd'], generator_loss=rec['generator_loss'], out=str(a.pretrained_out))]
 
