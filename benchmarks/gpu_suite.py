@@ -144,6 +144,7 @@ def sec_profile(a, dev):
     from nsp_explore.transformer import ScaleTransformer, TransformerConfig
     from nsp_explore.generate import cache_tokens, next_scale_loss
     from nsp_explore.data import collate
+    from nsp_explore.train import to_device
     cfg, _, _ = shipped_recipe()
     train, _ = tokenizer_datasets(cfg, n_train=2 if a.dry_run else None, cache_dir=a.cache_dir)
     torch.manual_seed(0)
@@ -153,11 +154,9 @@ def sec_profile(a, dev):
     sync = (lambda: torch.cuda.synchronize()) if dev.type == 'cuda' else (lambda: None)
     rows, texts = [], []
     for name, model, fetch, loss_fn in [
-            ('tokenizer', tok, lambda: {k: v.to(dev) if torch.is_tensor(v) else v
-                                        for k, v in collate([train[i] for i in range(min(32, len(train)))]).items()},
+            ('tokenizer', tok, lambda: to_device(collate([train[i] for i in range(min(32, len(train)))]), dev),
              tokenizer_loss),
-            ('generator', gen, lambda: {k: v.to(dev) if torch.is_tensor(v) else v
-                                        for k, v in seqs.batch(torch.arange(min(64, len(seqs)))).items()},
+            ('generator', gen, lambda: to_device(seqs.batch(torch.arange(min(64, len(seqs)))), dev),
              next_scale_loss)]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         parts = dict(data=[], forward=[], backward=[], optimizer=[])
