@@ -14,7 +14,8 @@ cfg = cfg['DEFAULT']
 requirements = cfg.get('requirements', '').split()
 extras = {
     'fast': ['fpsample>=0.3.3,<1',            # exact FPS in Rust with wheels (>=1.0 is source-only)
-             'pykdtree>=1.3'],                # KD-tree Chamfer on CPU (falls back to scipy's cKDTree)
+             'pykdtree>=1.3',                 # KD-tree Chamfer on CPU (falls back to scipy's cKDTree)
+             'numba>=0.59'],                  # the exact one-run KD-tree FPS and LoD assignment (lod, CPU)
     'cluster': ['torch-cluster'],             # source build on PyPI (~16 min); prefer conda's build
     'render': ['pyvista>=0.42'],              # publication renders, off-screen PNG
     'lab': ['jupyterlab>=4', 'ipywidgets>=8', 'anywidget>=0.9', 'fastcore<2'],  # FigureWidget needs anywidget (plotly>=6); notebooks import fastcore.test
