@@ -3,15 +3,18 @@
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_cpu_lod.py [--quick]
 
 fps rows: ms per cloud, every method from the same asked start (`fps_start`, the farthest point from the
-centroid): `fps_order` (the package: fpsample's bucket method from the asked start, run twice to catch exact
-ties, vanilla loop as fallback), fpsample's vanilla loop called directly, one bucket run called directly from
-the asked start (the replayed tree slot included) and from its own first point (the raw speed), and the
-batched torch loop with one thread. `exact` says whether each method gave exactly the float32 naive order
+centroid): `fps_order` (the package's `auto`: the numba KD-tree kernel where numba is installed), the
+`'fpsample'` backend (fpsample's bucket method from the asked start, run twice to catch exact ties, vanilla
+loop as fallback), fpsample's vanilla loop called directly, one bucket run called directly from the asked
+start (the replayed tree slot included) and from its own first point (the raw speed), and the batched torch
+loop with one thread. `exact` says whether each method gave exactly the float32 naive order
 (the torch loop's, tested equal to `fps_order_naive(dtype=float32)`) on every fresh cloud; the package is
 also checked against the float64 reference with `orders_agree`. `fallbacks` counts the package's clouds
 that took the vanilla loop. build_lod rows: its time against its own FPS time and against the vanilla FPS
-time of the same clouds, the previous dense assignment timed on the same levels, and the mean child-parent
-distance per level of the k-NN greedy, the dense greedy and the exact (Hungarian) assignment.
+time of the same clouds (one torch thread, and again with two), the assignment per level by the package
+(`assign_greedy`, numba where installed) against the batched torch path of the same greedy (`same_as_torch`:
+clouds with identical choices) and the previous dense greedy, and the mean child-parent distance per level of
+the greedy, the dense greedy and the exact (Hungarian) assignment.
 The 1-minute load average is recorded (the machine may be shared).
 """
 import argparse, os, sys, time
@@ -23,6 +26,11 @@ import numpy as np
 import torch
 import fpsample
 import nsp_explore.lod as L
+
+
+def _version(name):
+    try: return __import__(name).__version__
+    except ImportError: return None
 
 
 def best_of(fn, repeats=2):
@@ -42,6 +50,7 @@ def fps_rows(B, N, seed, check64=True):
     one = lambda p, s: fpsample.bucket_fps_kdline_sampling(p, N, h=L.BUCKET_H, start_idx=L._kdline_slot(np.ascontiguousarray(p.T), s))
     meth = {
         'fps_order (package)': lambda: L.fps_order(x).numpy(),
+        "'fpsample' backend (2 bucket runs)": lambda: L.fps_order(x, backend='fpsample').numpy(),
         'fpsample vanilla': lambda: np.stack([L._fps_fpsample_vanilla(p, N, s) for p, s in zip(pts, s_list)]),
         'bucket h=3, one run from asked start': lambda: np.stack([one(p, s) for p, s in zip(pts, s_list)]),
         'bucket h=3, one run from its own start': lambda: np.stack([fpsample.bucket_fps_kdline_sampling(p, N, h=L.BUCKET_H, start_idx=0) for p in pts]),
@@ -55,15 +64,18 @@ def fps_rows(B, N, seed, check64=True):
         exact = [torch.equal(out[b], ref32[b]) for b in range(B)]
         row = dict(op='fps', B=B, N=N, method=name, ms_per_cloud=1e3 * t / B, exact=int(sum(exact)),
                    starts_where_asked=int(sum(int(out[b, 0]) == s_list[b] for b in range(B))))
-        if name.startswith('fps_order'):
+        if name.startswith("'fpsample'"):
             row['fallbacks'] = sum(L._fps_bucket_one(p, N, s) is None for p, s in zip(pts, s_list))
-            if check64:
-                ref64 = L.fps_order(x, backend='naive')
-                row['agree_float64'] = int(sum(L.orders_agree(x[b], out[b], ref64[b]) for b in range(B)))
+        if name.startswith('fps_order') and check64:
+            ref64 = L.fps_order(x, backend='naive')
+            row['agree_float64'] = int(sum(L.orders_agree(x[b], out[b], ref64[b]) for b in range(B)))
         rows.append(row); print(row, flush=True)
     by = {r['method']: r['ms_per_cloud'] for r in rows}
     pkg = by['fps_order (package)']
     for r in rows: r['package_over_this'] = pkg / r['ms_per_cloud']
+    others = [r for r in rows[1:] if r['exact'] == B]                   # exact from the asked start, not the package
+    best = min(others, key=lambda r: r['ms_per_cloud'])
+    rows[0].update(fastest_exact_other=best['method'], package_over_fastest_exact_other=pkg / best['ms_per_cloud'])
     return rows
 
 
@@ -78,17 +90,23 @@ def lod_rows(B, N, n_opt):
     t_fps, fps = best_of(lambda: L.fps_order(x, N), 1)
     t_van, _ = best_of(lambda: L._fps_fpsample(x, N, L.fps_start(x), bucket=False), 1)
     t_lod, _ = best_of(lambda: L.build_lod(x, sc), 1)
+    threads = torch.get_num_threads(); torch.set_num_threads(min(2, os.cpu_count() or 1))
+    t_fps2, _ = best_of(lambda: L.fps_order(x, N), 1)
+    t_lod2, _ = best_of(lambda: L.build_lod(x, sc), 1)
+    torch.set_num_threads(threads)
     pts = x.gather(1, fps[..., None].expand(-1, -1, 3))
-    levels, t_new, t_dense = [], 0.0, 0.0
+    levels, t_new, t_dense, t_torch = [], 0.0, 0.0, 0.0
     for a, b in zip(sc, sc[1:]):
         kids, pars, cap = pts[:, a:b], pts[:, :a], b // a - 1
-        dt_n, s_new, dt_d, s_old = 0.0, [], 0.0, []
+        dt_n, s_new, dt_d, s_old, dt_t, s_t = 0.0, [], 0.0, [], 0.0, []
         for c in range(0, B, 16):                                        # build_lod's chunks
             t, s = best_of(lambda: L.assign_greedy(kids[c:c + 16], pars[c:c + 16], cap), 1); dt_n += t; s_new.append(s)
+            t, s = best_of(lambda: L.assign_greedy(kids[c:c + 16], pars[c:c + 16], cap, backend='torch'), 1); dt_t += t; s_t.append(s)
             t, s = best_of(lambda: L.assign_greedy_dense(kids[c:c + 16], pars[c:c + 16], cap), 1); dt_d += t; s_old.append(s)
-        s_new, s_old = torch.cat(s_new), torch.cat(s_old)
-        t_new += dt_n; t_dense += dt_d
-        lv = dict(op='level', level=f'{a}->{b}', assign_ms_per_cloud=1e3 * dt_n / B, dense_assign_ms_per_cloud=1e3 * dt_d / B,
+        s_new, s_old, s_t = torch.cat(s_new), torch.cat(s_old), torch.cat(s_t)
+        t_new += dt_n; t_dense += dt_d; t_torch += dt_t
+        lv = dict(op='level', level=f'{a}->{b}', assign_ms_per_cloud=1e3 * dt_n / B, torch_assign_ms_per_cloud=1e3 * dt_t / B,
+                  same_as_torch=int(sum(torch.equal(s_new[i], s_t[i]) for i in range(B))), dense_assign_ms_per_cloud=1e3 * dt_d / B,
                   mean_dist_knn=mean_dist(kids, pars, s_new), mean_dist_dense=mean_dist(kids, pars, s_old))
         if n_opt:
             o = slice(0, n_opt)
@@ -98,8 +116,10 @@ def lod_rows(B, N, n_opt):
         levels.append(lv); print(lv, flush=True)
     row = dict(op='build_lod', B=B, N=N, scales=str(sc), fps_ms_per_cloud=1e3 * t_fps / B, vanilla_fps_ms_per_cloud=1e3 * t_van / B,
                build_lod_ms_per_cloud=1e3 * t_lod / B, assignment_ms_per_cloud=1e3 * (t_lod - t_fps) / B,
-               assign_greedy_sum_ms_per_cloud=1e3 * t_new / B, dense_assign_sum_ms_per_cloud=1e3 * t_dense / B,
-               build_lod_over_fps=t_lod / t_fps, build_lod_over_vanilla_fps=t_lod / t_van)
+               assign_greedy_sum_ms_per_cloud=1e3 * t_new / B, torch_assign_sum_ms_per_cloud=1e3 * t_torch / B,
+               dense_assign_sum_ms_per_cloud=1e3 * t_dense / B,
+               build_lod_over_fps=t_lod / t_fps, build_lod_over_vanilla_fps=t_lod / t_van,
+               two_threads=dict(fps_ms_per_cloud=1e3 * t_fps2 / B, build_lod_ms_per_cloud=1e3 * t_lod2 / B, build_lod_over_fps=t_lod2 / t_fps2))
     print(row, flush=True)
     return [row] + levels
 
@@ -113,8 +133,8 @@ def main():
     drop = lambda r, *ks: {k: v for k, v in r.items() if k not in ('op',) + ks}
     print_table([drop(r) for r in rows if r['op'] == 'fps'], 'fps (ms per cloud, all from the asked start)')
     print_table([drop(r, 'scales') for r in rows if r['op'] == 'build_lod'], 'build_lod vs its FPS')
-    print_table([drop(r) for r in rows if r['op'] == 'level'], 'assignment per level: k-NN greedy vs dense greedy vs optimal')
-    save_results('cpu_lod', rows, loadavg_1min_start=load0, loadavg_1min_end=load1, torch_threads=torch.get_num_threads(),
+    print_table([drop(r) for r in rows if r['op'] == 'level'], 'assignment per level: package (numba) vs torch path vs dense greedy vs optimal')
+    save_results('cpu_lod', rows, numba=_version('numba'), loadavg_1min_start=load0, loadavg_1min_end=load1, torch_threads=torch.get_num_threads(),
                  fpsample=getattr(fpsample, '__version__', '0.3.3'),
                  note='all ratios measured in this one run; the machine may be shared, see the load averages')
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['PRESET_NAMES', 'default_device', 'seed_everything', 'autocast', 'progress', 'Timer', 'to_tensor', 'to_numpy',
-           'check_cloud', 'atomic_path', 'atomic_save', 'atomic_write_text', 'auto_preset', 'Config',
+__all__ = ['PRESET_NAMES', 'default_device', 'seed_everything', 'autocast', 'progress', 'Timer', 'thread_map', 'to_tensor',
+           'to_numpy', 'check_cloud', 'atomic_path', 'atomic_save', 'atomic_write_text', 'auto_preset', 'Config',
            'data_samples_dir', 'versions']
 
 # %% ../nbs/00_core.ipynb #ff3ab700
@@ -97,6 +97,14 @@ class Timer:
             times.append(t.ms)
         return dict(median_ms=float(np.median(times)), min_ms=float(min(times)),
                     mean_ms=float(np.mean(times)), repeats=repeats)
+
+# %% ../nbs/00_core.ipynb #8d7aa22a
+def thread_map(fn, n: int) -> list:
+    "`[fn(i) for i in range(n)]` on `min(n, torch threads, cores)` worker threads, in order (for work that releases the GIL)."
+    workers = min(n, torch.get_num_threads(), os.cpu_count() or 1)
+    if workers <= 1: return [fn(i) for i in range(n)]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as pool: return list(pool.map(fn, range(n)))
 
 # %% ../nbs/00_core.ipynb #01274341
 def to_tensor(x, dtype=torch.float32, device=None) -> torch.Tensor:

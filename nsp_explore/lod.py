@@ -12,14 +12,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .core import check_cloud, progress, to_numpy, atomic_save
+from .core import check_cloud, progress, thread_map, to_numpy, atomic_save
 
 # %% auto #0
 __all__ = ['CPU_CHUNK_POINTS', 'BUCKET_H', 'BUCKET_MIN_POINTS', 'TRITON_MAX_POINTS', 'NUMBA_LEAF', 'TORCH_BEATS_FPSAMPLE',
-           'KNN_TREE_MIN', 'ASSIGNERS', 'fps_start', 'fps_order_naive', 'fps_backends', 'fps_order', 'orders_agree',
-           'check_scales', 'make_scales', 'assign_optimal', 'build_lod_naive', 'assign_greedy', 'assign_greedy_dense',
-           'LoDTree', 'build_lod', 'pool', 'upsample', 'capacity_cost', 'LoDDataset', 'lod_slider', 'fps_animation',
-           'tree_fig', 'random_downsample', 'voxel_downsample', 'coverage', 'compare_downsampling_fig']
+           'KNN_TREE_MIN', 'ASSIGN_LEAF', 'ASSIGNERS', 'fps_start', 'fps_order_naive', 'fps_backends', 'fps_order',
+           'orders_agree', 'check_scales', 'make_scales', 'assign_optimal', 'build_lod_naive', 'assign_greedy',
+           'assign_greedy_dense', 'LoDTree', 'build_lod', 'pool', 'upsample', 'capacity_cost', 'LoDDataset',
+           'lod_slider', 'fps_animation', 'tree_fig', 'random_downsample', 'voxel_downsample', 'coverage',
+           'compare_downsampling_fig']
 
 # %% ../nbs/04_lod.ipynb #3c47443f
 def _as_batch(points, name='points', min_points=1):
@@ -276,23 +277,26 @@ def _fps_triton(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
 NUMBA_LEAF = 32             # points per KD leaf of the numba FPS (measured: 32-64 fastest at 256-2048 points)
 _NUMBA_JITTED = {}
 
-def _numba_jit(fn):
-    "`fn` compiled by numba in nopython mode, once per process (machine code cached on disk beside this module)."
+def _numba_jit(fn, *deps):
+    """`fn` compiled by numba in nopython mode, once per process (machine code cached on disk beside this
+    module). Its helpers `deps` are compiled first and bound in `fn`'s globals, where numba looks them up."""
     f = _NUMBA_JITTED.get(fn.__name__)
     if f is None:
         import numba
+        for d in deps: fn.__globals__[d.__name__] = _numba_jit(d)
         f = _NUMBA_JITTED[fn.__name__] = numba.njit(cache=True, nogil=True)(fn)
     return f
 
-def _fps_kd_kernel(P, n, s, leaf):
-    """Exact FPS of one cloud `P` (N, 3) float32 from index `s`: the first `n` picks, (n,) int64, the naive
-    float32 loop's order with its tie rule (lowest index among the farthest). Written for numba."""
+def _kd_build(P, leaf):
+    """A balanced KD tree over `P` (N, 3) float32, written for numba: nodes in heap order (children 2k+1, 2k+2),
+    each splitting the widest axis at the median, leaves of at most `leaf` points sorted by index. Returns
+    `(order (N,) point indices, start, end (nodes,) ranges into order, first_leaf, box (nodes, 6) min xyz, max xyz)`."""
     N = P.shape[0]
     depth = 0
     while (N >> depth) > leaf: depth += 1
-    nn, first_leaf = (1 << (depth + 1)) - 1, (1 << depth) - 1      # nodes in heap order: children 2k+1, 2k+2
+    nn, first_leaf = (1 << (depth + 1)) - 1, (1 << depth) - 1
     order = np.arange(N); start = np.zeros(nn, np.int64); end = np.zeros(nn, np.int64); end[0] = N
-    for k in range(first_leaf):                                     # split each node at the median of its widest axis
+    for k in range(first_leaf):
         a, b = start[k], end[k]
         ax, span = 0, -1.0
         for t in range(3):
@@ -313,24 +317,38 @@ def _fps_kd_kernel(P, n, s, leaf):
             elif m >= i: lo = i
             else: break
         start[2 * k + 1], end[2 * k + 1], start[2 * k + 2], end[2 * k + 2] = a, m, m, b
-    for k in range(first_leaf, nn):                                 # leaves sorted by index: first max = lowest index
-        for j in range(start[k] + 1, end[k]):
-            v = order[j]; t = j - 1
-            while t >= start[k] and order[t] > v: order[t + 1] = order[t]; t -= 1
-            order[t + 1] = v
-    X = np.empty(N, np.float32); Y = np.empty(N, np.float32); Z = np.empty(N, np.float32)
-    for j in range(N): X[j] = P[order[j], 0]; Y[j] = P[order[j], 1]; Z[j] = P[order[j], 2]
-    box = np.empty((nn, 6))                                         # per node: min x, y, z, max x, y, z
-    nmax = np.full(nn, np.inf); narg = start.copy()                 # farthest distance below each node, where
+    box = np.empty((nn, 6))
     for k in range(nn - 1, -1, -1):
         if k >= first_leaf:
-            a, b = start[k], end[k]
-            if b == a: box[k, :3] = np.inf; box[k, 3:] = -np.inf; nmax[k] = -2.0; continue
-            box[k, 0] = X[a:b].min(); box[k, 1] = Y[a:b].min(); box[k, 2] = Z[a:b].min()
-            box[k, 3] = X[a:b].max(); box[k, 4] = Y[a:b].max(); box[k, 5] = Z[a:b].max()
+            for j in range(start[k] + 1, end[k]):                   # insertion sort by index
+                v = order[j]; t = j - 1
+                while t >= start[k] and order[t] > v: order[t + 1] = order[t]; t -= 1
+                order[t + 1] = v
+            box[k, :3] = np.inf; box[k, 3:] = -np.inf
+            for j in range(start[k], end[k]):
+                for t in range(3):
+                    v = P[order[j], t]; box[k, t] = min(box[k, t], v); box[k, t + 3] = max(box[k, t + 3], v)
         else:
             for t in range(3):
                 box[k, t] = min(box[2 * k + 1, t], box[2 * k + 2, t]); box[k, t + 3] = max(box[2 * k + 1, t + 3], box[2 * k + 2, t + 3])
+    return order, start, end, first_leaf, box
+
+def _box_lb2(box, k, x, y, z):
+    """A lower bound on the float32 squared distance from (x, y, z) to any point in node `k`'s box: the float64
+    box distance shrunk by 1e-5, far more than float32 rounding (~5e-7 relative), so skipping on it is exact."""
+    ex = max(max(box[k, 0] - x, x - box[k, 3]), 0.0); ey = max(max(box[k, 1] - y, y - box[k, 4]), 0.0)
+    ez = max(max(box[k, 2] - z, z - box[k, 5]), 0.0)
+    return (ex * ex + ey * ey + ez * ez) * (1.0 - 1e-5) - 1e-30
+
+def _fps_kd_kernel(P, n, s, leaf):
+    """Exact FPS of one cloud `P` (N, 3) float32 from index `s`: the first `n` picks, (n,) int64, the naive
+    float32 loop's order with its tie rule (lowest index among the farthest). Written for numba."""
+    N = P.shape[0]
+    order, start, end, first_leaf, box = _kd_build(P, leaf)
+    nn = len(start)
+    X = np.empty(N, np.float32); Y = np.empty(N, np.float32); Z = np.empty(N, np.float32)
+    for j in range(N): X[j] = P[order[j], 0]; Y[j] = P[order[j], 1]; Z[j] = P[order[j], 2]
+    nmax = np.full(nn, np.inf); narg = start.copy()                 # farthest distance below each node, and where
     dist = np.full(N, np.inf, np.float32); di = dist.view(np.int32)    # as int32: same order for values >= 0
     out = np.empty(n, np.int64); stack = np.empty(nn, np.int64); seen = np.empty(nn, np.int64)
     cur = 0
@@ -343,9 +361,7 @@ def _fps_kd_kernel(P, n, s, leaf):
         stack[0] = 0
         while sp:
             sp -= 1; k = stack[sp]
-            ex = max(box[k, 0] - cx, 0.0, cx - box[k, 3]); ey = max(box[k, 1] - cy, 0.0, cy - box[k, 4])
-            ez = max(box[k, 2] - cz, 0.0, cz - box[k, 5])
-            if (ex * ex + ey * ey + ez * ez) * (1.0 - 1e-5) - 1e-30 > nmax[k]: continue   # nothing below k gets nearer
+            if _box_lb2(box, k, cx, cy, cz) > nmax[k]: continue        # nothing below k gets nearer
             if k < first_leaf:
                 seen[ns] = k; ns += 1
                 stack[sp] = 2 * k + 2; stack[sp + 1] = 2 * k + 1; sp += 2
@@ -357,7 +373,7 @@ def _fps_kd_kernel(P, n, s, leaf):
             if a <= cur < b: dist[cur] = -1.0                       # never picked again
             mi, m = a, di[a]
             for j in range(a + 1, b):
-                if di[j] > m: m = di[j]; mi = j
+                if di[j] > m: m = di[j]; mi = j                     # first max: the lowest index (leaves sorted)
             nmax[k] = dist[mi]; narg[k] = mi
         for t in range(ns - 1, -1, -1):                             # children before parents
             k = seen[t]; l, r = 2 * k + 1, 2 * k + 2
@@ -368,9 +384,9 @@ def _fps_kd_kernel(P, n, s, leaf):
 
 def _fps_numba(x: torch.Tensor, n: int, first: torch.Tensor) -> torch.Tensor:
     "FPS with `_fps_kd_kernel` compiled by numba, one cloud at a time (CPU): exact, the naive float32 order."
-    kernel = _numba_jit(_fps_kd_kernel)
-    pts = to_numpy(x).astype(np.float32)
-    out = [kernel(np.ascontiguousarray(p), n, s, NUMBA_LEAF) for p, s in zip(pts, to_numpy(first).tolist())]
+    kernel = _numba_jit(_fps_kd_kernel, _kd_build, _box_lb2)
+    pts, s = to_numpy(x).astype(np.float32), to_numpy(first).tolist()
+    out = thread_map(lambda b: kernel(np.ascontiguousarray(pts[b]), n, s[b], NUMBA_LEAF), len(pts))   # kernels release the GIL
     return torch.from_numpy(np.stack(out)).to(x.device)
 
 # %% ../nbs/04_lod.ipynb #aa3b113f
@@ -719,16 +735,23 @@ def _refine_knn(child_BM3, parent_BP3, slot, knn_d, knn_q, cap: int, max_rounds:
         ab, am = hot.nonzero(as_tuple=True)
     return slot
 
-def assign_greedy(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20, k: int = 8, k_swap: int = 8) -> torch.Tensor:
-    """Capacity-constrained nearest assignment, batched torch on any device: `(B, M)` parent slot
-    per child, every parent taking exactly `cap` children (M = P * cap). Rounds of proposals (each
-    unplaced child asks its nearest parent with room; parents keep their closest askers), then up
-    to `refine_rounds` rounds of improving pairwise swaps with the `k_swap` nearest parents. Works on
-    the `k` nearest parents of each child (a KD tree on the CPU), never on the M x P distance matrix.
-    Deterministic (ties break by index)."""
+def assign_greedy(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20, k: int = 8, k_swap: int = 8,
+                  backend: str = 'auto') -> torch.Tensor:
+    """Capacity-constrained nearest assignment: `(B, M)` parent slot per child, every parent taking
+    exactly `cap` children (M = P * cap). Rounds of proposals (each unplaced child asks its nearest
+    parent with room; parents keep their closest askers), then up to `refine_rounds` rounds of
+    improving pairwise swaps with the `k_swap` nearest parents. Works on the `k` nearest parents of
+    each child (a KD tree on the CPU), never on the M x P distance matrix. Deterministic (ties break
+    by index). `backend`: `'torch'` (batched, any device), `'numba'` (CPU, compiled, one cloud at a
+    time: the same choices) or `'auto'` (numba on the CPU when it is installed, else torch)."""
     B, M, _ = child_BM3.shape
     P = parent_BP3.shape[1]
     if M != P * cap: raise ValueError(f"{M} children cannot fill {P} parents x {cap} slots")
+    if backend not in ('auto', 'torch', 'numba'): raise ValueError(f"backend must be 'auto', 'torch' or 'numba', got {backend!r}")
+    if backend == 'auto': backend = 'numba' if child_BM3.device.type == 'cpu' and _importable('numba') else 'torch'
+    if backend == 'numba':
+        if child_BM3.device.type != 'cpu': raise ValueError("backend='numba' runs on CPU tensors; use 'torch' on a GPU")
+        return _assign_greedy_numba(child_BM3, parent_BP3, cap, refine_rounds, k_swap)
     knn_d, knn_p = _knn_parents(child_BM3, parent_BP3, max(k, k_swap))
     slot = _propose_knn(child_BM3, parent_BP3, knn_d[..., :k], knn_p[..., :k], cap)
     if not refine_rounds or P == 1: return slot
@@ -743,6 +766,154 @@ def assign_greedy_dense(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20
     D = torch.cdist(child_BM3.float(), parent_BP3.float(), compute_mode='donot_use_mm_for_euclid_dist')  # (B, M, P)
     slot = _propose(D, cap)
     return _refine_swaps(D, slot, cap, max_rounds=refine_rounds) if refine_rounds and P > 1 else slot
+
+# %% ../nbs/04_lod.ipynb #f32ecf2f
+def _d32(C, i, P, j):
+    "float32 distance from C[i] to P[j], rounded like `_dist`."
+    x = C[i, 0] - P[j, 0]; y = C[i, 1] - P[j, 1]; z = C[i, 2] - P[j, 2]
+    return np.sqrt(x * x + y * y + z * z)
+
+def _nearest_kernel(C, i, P, k, tree, room, cnt, kd, ki, stack):
+    """Fill `kd`, `ki` (k,) with the `k` nearest parents of child i that have room (`room` > 0; `cnt`: open
+    parents below each node), by (float32 distance, index), padded with the nearest when fewer are open.
+    Written for numba."""
+    order, start, end, first_leaf, box = tree
+    x, y, z = C[i, 0], C[i, 1], C[i, 2]
+    kd[:] = np.inf; ki[:] = 1 << 40
+    bd2 = np.inf                                                    # squared distance of the k-th so far
+    sp = 1; stack[0] = 0
+    while sp:
+        sp -= 1; n = stack[sp]
+        if cnt[n] == 0 or _box_lb2(box, n, x, y, z) > bd2: continue
+        if n < first_leaf:                                          # the nearer child first
+            l = 2 * n + 1
+            if _box_lb2(box, l, x, y, z) <= _box_lb2(box, l + 1, x, y, z): stack[sp] = l + 1; stack[sp + 1] = l
+            else: stack[sp] = l; stack[sp + 1] = l + 1
+            sp += 2; continue
+        for jj in range(start[n], end[n]):
+            j = order[jj]
+            if room[j] <= 0: continue
+            d = _d32(C, i, P, j)
+            if d < kd[k - 1] or (d == kd[k - 1] and j < ki[k - 1]):
+                t = k - 1
+                while t > 0 and (d < kd[t - 1] or (d == kd[t - 1] and j < ki[t - 1])):
+                    kd[t] = kd[t - 1]; ki[t] = ki[t - 1]; t -= 1
+                kd[t] = d; ki[t] = j
+                if ki[k - 1] < (1 << 40):
+                    x2 = np.float64(P[ki[k - 1], 0]) - x; y2 = np.float64(P[ki[k - 1], 1]) - y; z2 = np.float64(P[ki[k - 1], 2]) - z
+                    bd2 = (x2 * x2 + y2 * y2 + z2 * z2) * (1.0 + 1e-5) + 1e-30
+    for t in range(1, k):                                           # fewer open than k: pad with the nearest
+        if ki[t] == 1 << 40: kd[t] = kd[0]; ki[t] = ki[0]
+
+def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
+    """`assign_greedy` for one cloud, written for numba: children `C` (M, 3), parents `P` (Pn, 3) float32 ->
+    (M,) parent slot per child, each parent taking `cap`."""
+    M, Pn = C.shape[0], P.shape[0]
+    k_swap = min(k_swap, Pn)
+    tree = _kd_build(P, leaf)
+    order, start, end, first_leaf, box = tree
+    nn = len(start)
+    cnt = np.zeros(nn, np.int64); leaf_of = np.zeros(Pn, np.int64)  # open parents below each node
+    for n in range(first_leaf, nn):
+        for jj in range(start[n], end[n]): leaf_of[order[jj]] = n
+        cnt[n] = end[n] - start[n]
+    for n in range(first_leaf - 1, -1, -1): cnt[n] = cnt[2 * n + 1] + cnt[2 * n + 2]
+    room = np.full(Pn, cap, np.int64); stack = np.empty(64, np.int64)
+    qd = np.empty((M, k_swap), np.float32); qq = np.empty((M, k_swap), np.int64)   # the k_swap nearest parents
+    for i in range(M): _nearest_kernel(C, i, P, k_swap, tree, room, cnt, qd[i], qq[i], stack)
+    # proposals: each unplaced child asks its nearest parent with room; parents keep their closest askers
+    slot = np.full(M, -1, np.int64)
+    near_p = qq[:, 0].copy(); near_d = qd[:, 0].copy()
+    REFILL = min(4, Pn)                                              # open parents fetched per KD search
+    od = np.empty((M, REFILL), np.float32); op = np.zeros((M, REFILL), np.int64)
+    for i in range(M): op[i] = qq[i, 0]                              # full by the time they are read
+    todo = np.arange(M)
+    while len(todo):
+        T = len(todo)
+        for t in range(T):
+            i = todo[t]
+            if room[near_p[i]] == 0:                                 # its parent filled up: the nearest open one,
+                c = 0                                                 # from its nearest parents if one is open,
+                while c < k_swap and room[qq[i, c]] == 0: c += 1
+                if c < k_swap: near_p[i] = qq[i, c]; near_d[i] = qd[i, c]; continue
+                c = 0                                                 # else from the open ones it found last time
+                while c < REFILL and room[op[i, c]] == 0: c += 1
+                if c == REFILL:                                       # else the REFILL nearest open ones, anew
+                    _nearest_kernel(C, i, P, REFILL, tree, room, cnt, od[i], op[i], stack); c = 0
+                near_p[i] = op[i, c]; near_d[i] = od[i, c]
+        prop = near_p[todo]; pd = near_d[todo]
+        o = np.argsort(pd, kind='mergesort')
+        o = o[np.argsort(prop[o], kind='mergesort')]                 # by parent, then distance, then child index
+        keep = np.ones(T, np.bool_)
+        prev, rank = -1, 0
+        for t in o:
+            j = prop[t]
+            if j != prev: prev = j; rank = 0
+            if rank < room[j]: slot[todo[t]] = j; keep[t] = False
+            rank += 1
+        for t in o:
+            if keep[t]: continue
+            j = prop[t]; room[j] -= 1
+            if room[j] == 0:                                         # one open parent less on its path
+                n = leaf_of[j]
+                while True:
+                    cnt[n] -= 1
+                    if n == 0: break
+                    n = (n - 1) // 2
+        todo = todo[keep]
+    if rounds == 0 or Pn == 1: return slot
+    # pairwise swaps: a moves to q, b (a child of q) moves to a's parent, when that lowers the total distance
+    G = np.zeros(M, np.float32); Bs = np.zeros(M, np.int64); Qs = np.zeros(M, np.int64)
+    hot = np.ones(M, np.bool_); d_a = np.empty(M, np.float32)
+    members = np.empty((Pn, cap), np.int64); fill = np.zeros(Pn, np.int64)
+    for _ in range(rounds):
+        fill[:] = 0
+        for i in range(M):
+            members[slot[i], fill[slot[i]]] = i; fill[slot[i]] += 1      # children of each parent, by index
+        total = 0.0
+        for i in range(M): d_a[i] = _d32(C, i, P, slot[i]); total += d_a[i]
+        for a in range(M):                                           # best swap of each child next to a change
+            if not hot[a]: continue
+            best, bb, bq = np.float32(-np.inf), 0, 0
+            for c in range(k_swap):
+                q = qq[a, c]
+                base = np.float32(-np.inf) if q == slot[a] else d_a[a] - qd[a, c]
+                for e in range(cap):
+                    b = members[q, e]
+                    g = (d_a[b] - _d32(C, b, P, slot[a])) + base
+                    if g > best: best = g; bb = b; bq = q
+            G[a] = best; Bs[a] = bb; Qs[a] = bq
+        thr = np.float32(1e-6) * np.float32(total / M)
+        top = np.zeros(M, np.float32)                                # the best gain of a swap each child is in
+        for a in range(M):
+            g = G[a] if G[a] > thr else np.float32(0.0)
+            top[a] = max(top[a], g); top[Bs[a]] = max(top[Bs[a]], g)
+        acc = np.zeros(M, np.bool_); used = np.zeros(M, np.int64)
+        for a in range(M):
+            b = Bs[a]
+            acc[a] = G[a] > thr and G[a] == top[a] and G[a] == top[b] and (Bs[b] != a or a < b)
+            if acc[a]: used[a] += 1; used[b] += 1
+        changed = np.zeros(Pn, np.bool_); moved = 0
+        for a in range(M):
+            if acc[a] and used[a] == 1 and used[Bs[a]] == 1:         # each child in one swap only
+                p_old = slot[a]; slot[a] = Qs[a]; slot[Bs[a]] = p_old
+                changed[p_old] = True; changed[Qs[a]] = True; moved += 1
+        if moved == 0: break
+        for a in range(M):
+            h = changed[slot[a]]
+            for c in range(k_swap): h = h or changed[qq[a, c]]
+            hot[a] = h
+    return slot
+
+ASSIGN_LEAF = 8             # parents per KD leaf of the numba assignment
+
+def _assign_greedy_numba(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20, k_swap: int = 8) -> torch.Tensor:
+    "`assign_greedy` on the CPU with `_assign_kernel` compiled by numba, one cloud at a time."
+    kernel = _numba_jit(_assign_kernel, _kd_build, _box_lb2, _d32, _nearest_kernel)
+    c, p = to_numpy(child_BM3.float()), to_numpy(parent_BP3.float())
+    out = thread_map(lambda b: kernel(np.ascontiguousarray(c[b]), np.ascontiguousarray(p[b]), cap, k_swap, refine_rounds,
+                                      ASSIGN_LEAF), len(c))
+    return torch.from_numpy(np.stack(out)).to(child_BM3.device)
 
 # %% ../nbs/04_lod.ipynb #34f52b81
 def _mean_dist(child, parent, slot):

@@ -5,13 +5,12 @@
 # %% ../nbs/05_metrics.ipynb #798c61bb
 from __future__ import annotations
 import math, os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .core import check_cloud, default_device, progress, to_numpy
+from .core import check_cloud, default_device, progress, thread_map, to_numpy
 
 # %% auto #0
 __all__ = ['CPU_MAX_ELEMENTS', 'GPU_MAX_ELEMENTS', 'KDTREE_MIN_POINTS', 'chamfer_distance', 'KDTREE_MATRIX_MIN_POINTS',
@@ -206,9 +205,7 @@ def emd_assignment(x, y, cost: str = 'pointflow') -> torch.Tensor:
     euclid = _cost_name(cost) == 'euclidean'
     cost_of = lambda b: (torch.cdist(x64[b:b + 1], y64[b:b + 1]) if euclid else sq_dists(x64[b:b + 1], y64[b:b + 1]))[0].numpy()
     solve = lambda b: torch.as_tensor(linear_sum_assignment(cost_of(b))[1])
-    workers = min(len(x64), torch.get_num_threads(), os.cpu_count() or 1)
-    if workers <= 1: return torch.stack([solve(b) for b in range(len(x64))]).to(x.device)
-    with ThreadPoolExecutor(workers) as pool: return torch.stack(list(pool.map(solve, range(len(x64))))).to(x.device)
+    return torch.stack(thread_map(solve, len(x64))).to(x.device)
 
 def emd_exact(x, y, cost: str = 'pointflow') -> torch.Tensor:
     """Exact EMD `(B,)` (scalar for unbatched input): the mean cost of the optimal one-to-one matching.
