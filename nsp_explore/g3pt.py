@@ -52,7 +52,8 @@ class G3PTConfig(Config):
     latent_init: str = 'fps'                   # 'fps' (3DShape2VecSet: features of FPS points) | 'learned' (Perceiver)
     down: str = 'attn'                         # 'attn' (cross-scale querying) | 'pool' (nested FPS-Voronoi pooling, ablation)
     down_query: str = 'learned'                # 'learned': e_s alone | 'prefix': e_s + the first s rows of the set read (FPS prefix)
-    quantizer: str = 'lfq'                     # 'lfq' | 'vq' (same codebook size) ; stage 1 uses LayerNorm instead
+    quantizer: str = 'lfq'                     # 'lfq' | 'vq' (same codebook size) ; stage 1 uses `stage1` instead
+    stage1: str = 'layernorm'                  # stage 1's stand-in for it: 'layernorm' | 'tanh' (LFQ's projections around tanh)
     n_bits: int = 10                           # LFQ bits: codebook_size = 2 ** n_bits
     beta: float = 0.25                         # commitment weight
     entropy_weight: float = 0.1                # LFQ entropy term (exact joint batch entropy)
@@ -78,9 +79,10 @@ class G3PTConfig(Config):
         if self.n_latents > self.n_points: raise ValueError(f"n_latents={self.n_latents} > n_points={self.n_points}")
         if self.dim % self.n_heads: raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         for name, ok in (('latent_init', ('fps', 'learned')), ('down', ('attn', 'pool')), ('quantizer', ('lfq', 'vq')),
-                         ('down_query', ('learned', 'prefix'))):
+                         ('down_query', ('learned', 'prefix')), ('stage1', ('layernorm', 'tanh'))):
             if getattr(self, name) not in ok: raise ValueError(f"{name} must be one of {ok}, got {getattr(self, name)!r}")
         if self.down == 'pool' and self.latent_init != 'fps': raise ValueError("down='pool' needs latent_init='fps' (latent positions)")
+        if self.stage1 == 'tanh' and self.quantizer != 'lfq': raise ValueError("stage1='tanh' needs quantizer='lfq' (its projections)")
 
 # %% ../nbs/13_g3pt.ipynb #7fb92568
 def fourier_embed(p: torch.Tensor, n_freqs: int) -> torch.Tensor:
@@ -248,8 +250,8 @@ class G3PTTokenizer(OccupancyDecoding, nn.Module):
 
     Keeps the generators' incremental tokenizer interface (`encode`, `start_state`, `add_scale`,
     `next_scale_inputs`, `teacher_inputs`, `decode_state`, `decode`, `scales`, `token_dim`,
-    `codebook_size`), without positions or sibling slots. `stage`: 1 = LayerNorm in place of the
-    quantizer (continuous warm-up), 2 = quantized (see `set_stage`)."""
+    `codebook_size`), without positions or sibling slots. `stage`: 1 = a continuous stand-in for the
+    quantizer (warm-up: LayerNorm, or `cfg.stage1='tanh'`), 2 = quantized (see `set_stage`)."""
     def __init__(self, cfg: G3PTConfig | str = 'nano', **overrides):
         super().__init__()
         if isinstance(cfg, str): cfg = G3PTConfig.preset(cfg, **overrides)
@@ -278,7 +280,7 @@ class G3PTTokenizer(OccupancyDecoding, nn.Module):
     def K(self) -> int: return len(self.scales)
 
     def set_stage(self, stage: int):
-        "1: LayerNorm instead of the quantizer (no tokens); 2: quantized."
+        "1: a continuous stand-in for the quantizer (`cfg.stage1`; no tokens); 2: quantized."
         if stage not in (1, 2): raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.stage = stage
         return self
@@ -305,6 +307,12 @@ class G3PTTokenizer(OccupancyDecoding, nn.Module):
         return self.up_attn(self.up_q[k][None].expand(B, -1, -1), e_BsC)
 
     # ---- training forward ---------------------------------------------------------------------------
+    def continuous(self, e_BsC):
+        """Stage 1's stand-in for the quantizer: LayerNorm (`stage1='layernorm'`), or LFQ's own projections around
+        a tanh (`'tanh'`), so that stage 1 trains the quantizer's maps and the switch to stage 2 only rounds tanh(u) to sign(u)."""
+        if self.cfg.stage1 == 'tanh': return self.quant.proj_out(torch.tanh(self.quant.proj_in(e_BsC)))
+        return self.stage1_norm(e_BsC)
+
     def _check(self, x, normals):
         x = check_cloud(x, 'x', batched=True)
         if x.shape[1] != self.n_points: raise ValueError(f"x has {x.shape[1]} points; this tokenizer was built for n_points={self.n_points}")
@@ -321,7 +329,7 @@ class G3PTTokenizer(OccupancyDecoding, nn.Module):
         zn = z.detach().norm().clamp_min(1e-12)
         for k in range(self.K):
             e = self.down(k, z_rest, pos)                                 # (B, s_k, C)
-            if self.stage == 1: e_hat, idx = self.stage1_norm(e), None
+            if self.stage == 1: e_hat, idx = self.continuous(e), None
             else:
                 q = self.quant(e); e_hat, idx = q.quantized, q.indices
                 qlosses.append(q.loss); usage.append(q.stats['usage_frac'])

@@ -188,6 +188,23 @@ def test_stage1_is_continuous_and_has_no_tokens():
     assert all(i is None for i in out.indices) and float(out.losses['quant']) == 0.0
 
 
+def test_tanh_stage1_trains_the_quantizer_maps_and_the_switch_only_rounds():
+    tok = tiny(stage1='tanh').set_stage(1)
+    x, n = cloud()
+    out = tok(x, n)
+    assert all(i is None for i in out.indices) and float(out.losses['quant']) == 0.0
+    out.z_hat.sum().backward()        # stage 1 reaches LFQ's projections, not the unused LayerNorm
+    assert tok.quant.proj_in.weight.grad.abs().sum() > 0 and tok.stage1_norm.weight.grad is None
+    e = torch.randn(2, 5, TINY['dim'])
+    with torch.no_grad():
+        tok.quant.proj_in.weight.mul_(1e3)                  # |u| large: tanh(u) = sign(u), stage 1 = stage 2
+        assert_close(tok.continuous(e), tok.quant(e).quantized)
+    with pytest.raises(ValueError, match='stage1'): G3PTConfig(**{**TINY, 'stage1': 'sigmoid'})
+    with pytest.raises(ValueError, match='needs quantizer'): G3PTConfig(**{**TINY, 'stage1': 'tanh', 'quantizer': 'vq'})
+    old = {k: v for k, v in G3PTConfig(**TINY).to_dict().items() if k != 'stage1'}     # a config saved before the field
+    assert G3PTConfig.from_dict(old).stage1 == 'layernorm'
+
+
 # ---------------------------------------------------------------- training and evaluation
 def test_pick_queries_halves_and_labels(occ_data):
     b = shape_batches(occ_data, 4)(0)
