@@ -87,9 +87,9 @@ def lod_rows(B, N, n_opt):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, N, 3, generator=g); sc = L.make_scales(N)
     L.build_lod(x[:2], sc)                                               # warm up (imports)
-    t_fps, fps = best_of(lambda: L.fps_order(x, N), 1)
+    t_fps, fps = best_of(lambda: L.fps_order(x, N), 2)
     t_van, _ = best_of(lambda: L._fps_fpsample(x, N, L.fps_start(x), bucket=False), 1)
-    t_lod, _ = best_of(lambda: L.build_lod(x, sc), 1)
+    t_lod, _ = best_of(lambda: L.build_lod(x, sc), 2)
     threads = torch.get_num_threads(); torch.set_num_threads(min(2, os.cpu_count() or 1))
     t_fps2, _ = best_of(lambda: L.fps_order(x, N), 1)
     t_lod2, _ = best_of(lambda: L.build_lod(x, sc), 1)
@@ -105,7 +105,7 @@ def lod_rows(B, N, n_opt):
             t, s = best_of(lambda: L.assign_greedy_dense(kids[c:c + 16], pars[c:c + 16], cap), 1); dt_d += t; s_old.append(s)
         s_new, s_old, s_t = torch.cat(s_new), torch.cat(s_old), torch.cat(s_t)
         t_new += dt_n; t_dense += dt_d; t_torch += dt_t
-        lv = dict(op='level', level=f'{a}->{b}', assign_ms_per_cloud=1e3 * dt_n / B, torch_assign_ms_per_cloud=1e3 * dt_t / B,
+        lv = dict(op='level', N=N, level=f'{a}->{b}', assign_ms_per_cloud=1e3 * dt_n / B, torch_assign_ms_per_cloud=1e3 * dt_t / B,
                   same_as_torch=int(sum(torch.equal(s_new[i], s_t[i]) for i in range(B))), dense_assign_ms_per_cloud=1e3 * dt_d / B,
                   mean_dist_knn=mean_dist(kids, pars, s_new), mean_dist_dense=mean_dist(kids, pars, s_old))
         if n_opt:
@@ -128,7 +128,7 @@ def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--quick', action='store_true'); a = ap.parse_args()
     load0 = os.getloadavg()[0]
     rows = fps_rows(4, 2048, 0, check64=False) if a.quick else fps_rows(16, 2048, 0) + fps_rows(16, 256, 1)
-    rows += lod_rows(16, 2048, 0) if a.quick else lod_rows(64, 2048, 2)
+    rows += lod_rows(16, 2048, 0) if a.quick else lod_rows(64, 2048, 2) + lod_rows(64, 256, 2)
     load1 = os.getloadavg()[0]
     drop = lambda r, *ks: {k: v for k, v in r.items() if k not in ('op',) + ks}
     print_table([drop(r) for r in rows if r['op'] == 'fps'], 'fps (ms per cloud, all from the asked start)')

@@ -399,8 +399,9 @@ def _importable(name: str) -> bool:
 # Measured on a shared 2-core CPU (benchmarks/bench_cpu_lod.py -> results/cpu_lod_cpu.json): fpsample's bucket
 # method (two runs, see `_fps_bucket_one`) is several times faster per 2048-point cloud than the batched torch loop
 # with one thread, its vanilla loop as fast as that torch loop at every batch size (1 to 64 clouds), and the torch
-# loop collapses with two threads beside a busy process (up to 20x slower). So on the CPU `auto` always takes
-# fpsample; set a point count here to switch to the torch loop from that batch size.
+# loop collapses with two threads beside a busy process (up to 20x slower). The numba kernel (one run) is faster
+# still. So on the CPU `auto` takes numba, else fpsample; set a point count here to switch from fpsample to the
+# torch loop from that batch size.
 TORCH_BEATS_FPSAMPLE = None
 
 _FPS_BACKENDS = dict(numba=_fps_numba, torch=_fps_torch, fpsample=_fps_fpsample, triton=_fps_triton, torch_cluster=_fps_torch_cluster)
