@@ -812,7 +812,7 @@ def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
     M, Pn = C.shape[0], P.shape[0]
     k_swap = min(k_swap, Pn)
     tree = _kd_build(P, leaf)
-    order, start, end, first_leaf, box = tree
+    order, start, end, first_leaf, _ = tree
     nn = len(start)
     cnt = np.zeros(nn, np.int64); leaf_of = np.zeros(Pn, np.int64)  # open parents below each node
     for n in range(first_leaf, nn):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_metrics.ipynb #798c61bb
 from __future__ import annotations
-import math, os
+import math
 from typing import Sequence
 
 import numpy as np
