@@ -6,9 +6,10 @@ decoded to meshes, their surface points scored with compute_all_metrics against 
     python benchmarks/bench_g3pt.py [--steps 600 1400] [--car-steps 800]        # -> results/g3pt_<device>.json
     python benchmarks/bench_g3pt.py --tokenizer data_samples/pretrained/g3pt_nano_tokenizer.pt   # the shipped one
     python benchmarks/bench_g3pt.py --ablations-only [--ablation-steps 200 400]  # -> results/g3pt_ablation_<device>.json
+    python benchmarks/bench_g3pt.py --ablations-only --recipe shipped --steps 2500 1000   # the shipped recipe, ~7 min a row
 """
 from __future__ import annotations
-import argparse, json, time
+import argparse, json, os, time
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,26 @@ def eval_row(name, tok, val, steps, secs, n_mesh=10):
     return row
 
 
-def tokenizer_run(name, train, val, steps, lr, n_mesh=10, **kw):
+def tokenizer_run(name, train, val, steps, lr, n_mesh=10, lr2=None, **kw):
     torch.manual_seed(0)
     tok = G3PTTokenizer('nano', **kw)
-    t = time.time()
-    tok, hists = train_tokenizer(tok, train, steps, train_cfg=TrainConfig.preset('nano', lr=lr, warmup_steps=50, log_every=50))
-    return tok, eval_row(name, tok, val, steps, time.time() - t, n_mesh)
+    t, c, load0 = time.time(), time.process_time(), os.getloadavg()[0]
+    tok, hists = train_tokenizer(tok, train, steps, train_cfg=TrainConfig.preset('nano', lr=lr, warmup_steps=50, log_every=50), lr2=lr2)
+    extra = dict(stage1=tok.cfg.stage1, lr=lr, lr_stage2=lr if lr2 is None else lr2, train_cpu_s=round(time.process_time() - c, 1),
+                 loadavg_1min=[round(load0, 2), round(os.getloadavg()[0], 2)])
+    return tok, {**eval_row(name, tok, val, steps, time.time() - t, n_mesh), **extra}
+
+
+# the ablations of G3PT's tokenizer table: (name, G3PTTokenizer overrides). 'short': the nano preset's options at
+# --ablation-steps; 'shipped': the shipped tokenizer's recipe (tanh stage 1, stage 2 at --lr2) at --steps, where
+# CQT + VQ keeps the LayerNorm stage 1 (a tanh stage 1 is LFQ's own projections) and a LayerNorm CQT + LFQ row
+# says how much of any gap is the stage-1 choice
+ABLATIONS = dict(
+    short=[('CQT + LFQ', {}), ('pooling + LFQ', dict(down='pool')), ('single-scale LFQ', dict(scales=(64,))),
+           ('CQT + VQ', dict(quantizer='vq'))],
+    shipped=[('CQT + LFQ', dict(stage1='tanh')), ('pooling + LFQ', dict(down='pool', stage1='tanh')),
+             ('single-scale LFQ', dict(scales=(64,), stage1='tanh')), ('CQT + VQ (LayerNorm stage 1)', dict(quantizer='vq')),
+             ('CQT + LFQ (LayerNorm stage 1)', {})])
 
 
 def main(a):
@@ -57,10 +72,12 @@ def main(a):
     test = OccupancyShapes('test', n_points=256, n_queries=256, n_per_category=a.test_per_category)
     rows, extra = [], {}
     if a.ablations_only:
-        for name, kw in [('CQT + LFQ', {}), ('pooling + LFQ', dict(down='pool')),
-                         ('single-scale LFQ', dict(scales=(64,))), ('CQT + VQ', dict(quantizer='vq'))]:
-            rows.append(tokenizer_run(name, train, val, tuple(a.ablation_steps), a.lr, n_mesh=5, **kw)[1])
-            save_results('g3pt_ablation', rows, args=vars(a))
+        short = a.recipe == 'short'
+        steps, lr2 = (tuple(a.ablation_steps), None) if short else (tuple(a.steps), a.lr2)
+        for name, kw in ABLATIONS[a.recipe]:
+            if a.only and name not in a.only.split(','): continue
+            rows.append(tokenizer_run(name, train, val, steps, a.lr, n_mesh=5 if short else 10, lr2=lr2, **kw)[1])
+            save_results('g3pt_ablation' + ('' if short else '_shipped_recipe'), rows, args=vars(a))
         print_table([{k: v for k, v in r.items() if not isinstance(v, list)} for r in rows], 'G3PT tokenizer ablations')
         return
     if a.tokenizer:     # a tokenizer trained by scripts/train_g3pt_pretrained.py (its record: steps, time, load)
@@ -96,6 +113,11 @@ if __name__ == '__main__':
     p.add_argument('--car-steps', type=int, default=800)
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--ablations-only', action='store_true')
+    p.add_argument('--recipe', default='short', choices=['short', 'shipped'],
+                   help="ablations: 'short' (nano preset, --ablation-steps) or 'shipped' (the shipped tokenizer's recipe: "
+                        "tanh stage 1, --steps 2500 1000, stage 2 at --lr2; -> g3pt_ablation_shipped_recipe_<device>.json)")
+    p.add_argument('--lr2', type=float, default=5e-4, help="stage 2's peak learning rate of --recipe shipped")
+    p.add_argument('--only', default='', help='ablations: comma-separated row names to run (default: all)')
     p.add_argument('--test-per-category', type=int, default=5)
     p.add_argument('--save-tokenizer', default='')
     p.add_argument('--tokenizer', default='', help='evaluate this saved tokenizer (and train the generator on it) instead of training one')

@@ -457,10 +457,11 @@ def tokenizer_loss(model, batch: dict) -> dict:
     return dict(loss=loss, **res)
 
 def train_tokenizer(tokenizer: G3PTTokenizer, data, steps=(300, 700), train_cfg: TrainConfig | None = None,
-                    batch_size: int = 16, device=None, seed: int = 0, **fit_kw):
-    """Two-stage training (G3PT): `steps[0]` steps with LayerNorm in place of the quantizer, then `steps[1]`
-    quantized steps (all weights keep training). `data`: an `OccupancyShapes` or a `step -> batch` function.
-    Returns `(tokenizer in stage 2, eval mode; [History per stage])`."""
+                    batch_size: int = 16, device=None, seed: int = 0, lr2: float | None = None, **fit_kw):
+    """Two-stage training (G3PT): `steps[0]` steps with a continuous stand-in for the quantizer (`cfg.stage1`),
+    then `steps[1]` quantized steps (all weights keep training; each stage has its own warm-up and cosine
+    schedule; `lr2`: stage 2's peak learning rate, default `train_cfg.lr`). `data`: an `OccupancyShapes` or a
+    `step -> batch` function. Returns `(tokenizer in stage 2, eval mode; [History per stage])`."""
     get = data if callable(data) and not isinstance(data, torch.utils.data.Dataset) else shape_batches(data, batch_size, seed)
     base = train_cfg or TrainConfig.preset('nano', lr=1e-3, warmup_steps=20, log_every=25)
     hists = []
@@ -469,7 +470,8 @@ def train_tokenizer(tokenizer: G3PTTokenizer, data, steps=(300, 700), train_cfg:
         tokenizer.set_stage(stage)
         offset = sum(steps[:stage - 1])        # stage 2 sees new batches, not stage 1's again
         h = fit(tokenizer, lambda step, o=offset: get(step + o), tokenizer_loss,
-                base.override(steps=int(n), seed=seed + stage), device=device, **fit_kw)
+                base.override(steps=int(n), seed=seed + stage, **(dict(lr=lr2) if stage == 2 and lr2 is not None else {})),
+                device=device, **fit_kw)
         hists.append(h)
     return tokenizer.set_stage(2).eval(), hists
 

@@ -233,6 +233,21 @@ def test_training_is_deterministic_and_learns(occ_data):
     assert len(r['usage']['frac']) == 4 and r['usage']['distinct'][0] <= 6
 
 
+def test_stage2_learning_rate_and_one_call_equals_two(occ_data):
+    "`lr2` gives stage 2 its own peak rate; one call equals the stage-by-stage calls the pretrained script made before."
+    from nsp_explore.train import TrainConfig
+    cfg = TrainConfig(lr=3e-3, warmup_steps=2, log_every=1)
+    get = shape_batches(occ_data, 4, 0)
+    a, ha = train_tokenizer(tiny(seed=3), get, (6, 6), train_cfg=cfg, lr2=5e-4)
+    assert max(r['lr'] for r in ha[0].rows) == pytest.approx(3e-3) and max(r['lr'] for r in ha[1].rows) == pytest.approx(5e-4)
+    b, _ = train_tokenizer(tiny(seed=3), get, (6, 0), train_cfg=cfg)
+    b, _ = train_tokenizer(b, lambda step: get(step + 6), (0, 6), train_cfg=cfg.override(lr=5e-4))
+    for p, q in zip(a.parameters(), b.parameters()): assert torch.equal(p, q)
+    c, hc = train_tokenizer(tiny(seed=3), get, (6, 6), train_cfg=cfg)
+    assert max(r['lr'] for r in hc[1].rows) == pytest.approx(3e-3)
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
 def test_usage_per_scale_counts():
     u = usage_per_scale([torch.tensor([[1], [1], [3]]), torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])], 8)
     assert u['distinct'] == [2, 8] and u['frac'] == [0.25, 1.0] and u['of_possible'] == [2 / 3, 1.0]
