@@ -62,12 +62,25 @@ def _live_terminal() -> bool:
     try: return sys.stderr.isatty()
     except (AttributeError, ValueError): return False
 
+def _tqdm_class():
+    """tqdm's widget bar in a Jupyter kernel that has ipywidgets, else its text bar. (tqdm.auto alone picks the
+    widget bar in any kernel, and without ipywidgets prints a TqdmWarning under every bar: a kernel without the
+    `lab` extra, such as the book build's, showed one in every lesson.)"""
+    if 'ipykernel' in sys.modules and _have_module('ipywidgets'): from tqdm.auto import tqdm
+    else: from tqdm.std import tqdm
+    return tqdm
+
+def _have_module(name: str) -> bool:
+    import importlib.util
+    try: return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError): return False
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None,
              disable: bool | None = None, leave: bool = True, **kwargs):
-    """The package's progress bar (tqdm; notebook-aware). `NSP_PROGRESS=0` disables every bar. When stderr
-    is not a terminal (a log file, CI), the bar is redrawn at most every `NSP_PROGRESS_EVERY` seconds
-    (default 30) instead of ten times a second, so logs stay small."""
-    from tqdm.auto import tqdm
+    """The package's progress bar (tqdm: a widget in Jupyter when ipywidgets is installed, text otherwise).
+    `NSP_PROGRESS=0` disables every bar. When stderr is not a terminal (a log file, CI), the bar is redrawn at
+    most every `NSP_PROGRESS_EVERY` seconds (default 30) instead of ten times a second, so logs stay small."""
+    tqdm = _tqdm_class()
     if disable is None: disable = os.environ.get('NSP_PROGRESS', '1') == '0'
     if not _live_terminal(): kwargs.setdefault('mininterval', float(os.environ.get('NSP_PROGRESS_EVERY', 30)))
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=leave, dynamic_ncols=True, **kwargs)

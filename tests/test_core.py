@@ -56,3 +56,18 @@ def test_atomic_writes_are_readable_by_others(tmp_path):
         plain = tmp_path / 'plain.txt'; plain.write_text('x')
     finally: os.umask(old)
     for p in (a, b): assert stat.S_IMODE(p.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+
+
+def test_progress_in_a_kernel_without_ipywidgets_is_a_text_bar(monkeypatch, capsys):
+    "A Jupyter kernel without ipywidgets (the book build's) gets tqdm's text bar and no TqdmWarning under it."
+    import sys, types, warnings, tqdm.std
+    import nsp_explore.core as core
+    monkeypatch.setitem(sys.modules, 'ipykernel', types.ModuleType('ipykernel'))
+    monkeypatch.setattr(core, '_have_module', lambda name: False)
+    assert core._tqdm_class() is tqdm.std.tqdm
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                           # a TqdmWarning would raise here
+        assert sum(core.progress(range(4), desc='t')) == 6
+    monkeypatch.setattr(core, '_have_module', lambda name: name == 'ipywidgets')
+    import tqdm.auto
+    assert core._tqdm_class() is tqdm.auto.tqdm                  # with ipywidgets: tqdm's notebook-aware choice
