@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .core import to_numpy, atomic_write_text
-from .viz import RenderUnavailable, pyvista_status
+from .viz import RenderUnavailable, pyvista_status, _quiet_headless
 
 # %% auto #0
 __all__ = ['SCENE_JS', 'LIVE_EXTRA', 'Scene', 'scene_spec', 'scene_html', 'add_scene', 'to_pyvista', 'scene_png', 'live_status',
@@ -339,14 +339,6 @@ def _css_rgb(c: str) -> tuple[int, int, int]:
     import colorsys
     h, s, l = [float(v.strip(' %')) for v in c[4:-1].split(',')]
     return tuple(int(round(255 * x)) for x in colorsys.hls_to_rgb(h / 360, l / 100, s / 100))
-
-def _quiet_headless():
-    "No display (Linux without DISPLAY): VTK warns 'bad X server connection' before it falls back to EGL/OSMesa; hush it."
-    if os.name == 'posix' and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
-        try:
-            from vtkmodules.vtkCommonCore import vtkLogger
-            vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_ERROR)
-        except ImportError: pass
 
 def scene_png(scene: Scene, k: int = -1, color_by: str | None = None, window_size=(500, 420), path=None,
               background: str = 'white') -> bytes:

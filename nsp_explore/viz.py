@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_viz.ipynb #caefef0a
 from __future__ import annotations
-import base64, html, io, json, math, os, re
+import base64, html, io, json, math, os, re, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -355,11 +355,21 @@ class RenderUnavailable(RuntimeError):
 def pyvista_status() -> tuple[bool, str]:
     "(available, message): can `render_png` work here, and if not, what is missing."
     try:
-        import pyvista  # noqa: F401
+        with warnings.catch_warnings():   # pyvista imports tqdm.auto: in a kernel without ipywidgets that warns
+            warnings.filterwarnings('ignore', message='IProgress not found')
+            import pyvista  # noqa: F401
     except ImportError:
         return False, ("pyvista is not installed: `pip install 'nsp_explore[render]'` (or `pip install pyvista`); "
                        "headless Linux also needs an off-screen OpenGL (e.g. `apt install libosmesa6` or `libgl1 xvfb`).")
     return True, f'pyvista {pyvista.__version__}'
+
+def _quiet_headless():
+    "No display (Linux without DISPLAY): VTK warns 'bad X server connection' before it falls back to EGL/OSMesa; hush it."
+    if os.name == 'posix' and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        try:
+            from vtkmodules.vtkCommonCore import vtkLogger
+            vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_ERROR)
+        except ImportError: pass
 
 def render_png(points, color=None, path: str | os.PathLike | None = None, point_size: float = 8.0,
                window_size=(600, 600), cmap: str = 'viridis', background: str = 'white') -> bytes:
@@ -368,6 +378,7 @@ def render_png(points, color=None, path: str | os.PathLike | None = None, point_
     if not ok: raise RenderUnavailable(msg)
     import pyvista as pv
     p = _as_cloud(points)
+    _quiet_headless()
     try:
         pl = pv.Plotter(off_screen=True, window_size=list(window_size))
         cloud = pv.PolyData(p.astype(np.float64))

@@ -69,3 +69,14 @@ def test_report_is_readable_by_others(tmp_path):
 def test_token_ids_get_distinct_categorical_colours():
     cols = viz.label_colors(np.arange(300))
     assert len(set(cols)) == 300 and cols[:16] == viz.PALETTE
+
+
+def test_headless_render_prints_nothing_to_stderr():
+    "Without a display VTK printed 'bad X server connection' under every render (lessons 01 and 11 showed it)."
+    pytest.importorskip('pyvista')
+    import os, subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ('DISPLAY', 'WAYLAND_DISPLAY')}
+    code = "import numpy as np; from nsp_explore import viz; print(len(viz.render_png(np.random.rand(50, 3))) > 1000)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == 'True', r.stdout + r.stderr
+    assert 'bad X server' not in r.stderr and 'WARN' not in r.stderr, r.stderr
