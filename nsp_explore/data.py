@@ -88,7 +88,7 @@ class Normalizer:
     def from_state_dict(cls, d: dict) -> 'Normalizer': return cls(d['mode'], d.get('mean'), d.get('std'))
 
     def __repr__(self):
-        extra = '' if self.mean is None else f', mean={self.mean.numpy().round(4).tolist()}, std={float(self.std):.4g}'
+        extra = '' if self.mean is None else f', mean={self.mean.double().numpy().round(4).tolist()}, std={float(self.std):.4g}'
         return f"Normalizer({self.mode!r}{extra})"
 
 # %% ../nbs/03_data.ipynb #989f6d0b

@@ -305,3 +305,11 @@ def test_data_samples_small():
     total = sum(p.stat().st_size for p in files)
     pretrained = sum(p.stat().st_size for p in files if 'pretrained' in p.parts)
     assert total - pretrained < 8e6 and pretrained < 5e6, (total, pretrained)
+
+
+def test_normalizer_repr_is_short():
+    "The tour report prints the normalizer: float32 statistics rounded in float64, not -0.02979999966919422."
+    import torch
+    from nsp_explore.data import Normalizer
+    r = repr(Normalizer('global', mean=torch.tensor([[-0.0298, -0.0114, -0.0233]]), std=torch.tensor(0.1531)))
+    assert r == "Normalizer('global', mean=[[-0.0298, -0.0114, -0.0233]], std=0.1531)", r
