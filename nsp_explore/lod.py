@@ -806,22 +806,32 @@ def _nearest_kernel(C, i, P, k, tree, room, cnt, kd, ki, stack):
     for t in range(1, k):                                           # fewer open than k: pad with the nearest
         if ki[t] == 1 << 40: kd[t] = kd[0]; ki[t] = ki[0]
 
+def _open_tree(P, room, leaf):
+    """A KD tree over the parents of `P` (Pn, 3) that have room, written for numba: `(ids (n,) their indices,
+    increasing; pos (Pn,) each parent's row in it or -1; their points (n, 3); the tree; open parents below each
+    node; each row's leaf; each row's room)`. Rows keep the index order, so ties still break by parent index."""
+    ids = np.nonzero(room > 0)[0]
+    pos = np.full(len(room), -1, np.int64)
+    for q in range(len(ids)): pos[ids[q]] = q
+    Q = np.ascontiguousarray(P[ids])
+    tree = _kd_build(Q, leaf)
+    order, start, end, first_leaf, _ = tree
+    cnt = np.zeros(len(start), np.int64); leaf_of = np.zeros(len(ids), np.int64)
+    for n in range(first_leaf, len(start)):
+        for jj in range(start[n], end[n]): leaf_of[order[jj]] = n
+        cnt[n] = end[n] - start[n]
+    for n in range(first_leaf - 1, -1, -1): cnt[n] = cnt[2 * n + 1] + cnt[2 * n + 2]
+    return ids, pos, Q, tree, cnt, leaf_of, room[ids].copy()
+
 def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
     """`assign_greedy` for one cloud, written for numba: children `C` (M, 3), parents `P` (Pn, 3) float32 ->
     (M,) parent slot per child, each parent taking `cap`."""
     M, Pn = C.shape[0], P.shape[0]
     k_swap = min(k_swap, Pn)
-    tree = _kd_build(P, leaf)
-    order, start, end, first_leaf, _ = tree
-    nn = len(start)
-    cnt = np.zeros(nn, np.int64); leaf_of = np.zeros(Pn, np.int64)  # open parents below each node
-    for n in range(first_leaf, nn):
-        for jj in range(start[n], end[n]): leaf_of[order[jj]] = n
-        cnt[n] = end[n] - start[n]
-    for n in range(first_leaf - 1, -1, -1): cnt[n] = cnt[2 * n + 1] + cnt[2 * n + 2]
     room = np.full(Pn, cap, np.int64); stack = np.empty(64, np.int64)
+    ids, pos, Q, tree, cnt, leaf_of, oroom = _open_tree(P, room, leaf)   # all parents open: rows = indices
     qd = np.empty((M, k_swap), np.float32); qq = np.empty((M, k_swap), np.int64)   # the k_swap nearest parents
-    for i in range(M): _nearest_kernel(C, i, P, k_swap, tree, room, cnt, qd[i], qq[i], stack)
+    for i in range(M): _nearest_kernel(C, i, Q, k_swap, tree, oroom, cnt, qd[i], qq[i], stack)
     # proposals: each unplaced child asks its nearest parent with room; parents keep their closest askers
     slot = np.full(M, -1, np.int64)
     near_p = qq[:, 0].copy(); near_d = qd[:, 0].copy()
@@ -829,8 +839,11 @@ def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
     od = np.empty((M, REFILL), np.float32); op = np.zeros((M, REFILL), np.int64)
     for i in range(M): op[i] = qq[i, 0]                              # full by the time they are read
     todo = np.arange(M)
+    n_open, found = Pn, np.zeros(REFILL, np.int64)
     while len(todo):
         T = len(todo)
+        if 2 * n_open <= len(ids):                                   # half the tree's parents are full: a tight tree
+            ids, pos, Q, tree, cnt, leaf_of, oroom = _open_tree(P, room, leaf)
         for t in range(T):
             i = todo[t]
             if room[near_p[i]] == 0:                                 # its parent filled up: the nearest open one,
@@ -840,7 +853,8 @@ def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
                 c = 0                                                 # else from the open ones it found last time
                 while c < REFILL and room[op[i, c]] == 0: c += 1
                 if c == REFILL:                                       # else the REFILL nearest open ones, anew
-                    _nearest_kernel(C, i, P, REFILL, tree, room, cnt, od[i], op[i], stack); c = 0
+                    _nearest_kernel(C, i, Q, REFILL, tree, oroom, cnt, od[i], found, stack); c = 0
+                    for q in range(REFILL): op[i, q] = ids[found[q]]
                 near_p[i] = op[i, c]; near_d[i] = od[i, c]
         prop = near_p[todo]; pd = near_d[todo]
         o = np.argsort(pd, kind='mergesort')
@@ -854,9 +868,9 @@ def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
             rank += 1
         for t in o:
             if keep[t]: continue
-            j = prop[t]; room[j] -= 1
+            j = prop[t]; room[j] -= 1; oroom[pos[j]] -= 1
             if room[j] == 0:                                         # one open parent less on its path
-                n = leaf_of[j]
+                n_open -= 1; n = leaf_of[pos[j]]
                 while True:
                     cnt[n] -= 1
                     if n == 0: break
@@ -910,7 +924,7 @@ ASSIGN_LEAF = 8             # parents per KD leaf of the numba assignment
 
 def _assign_greedy_numba(child_BM3, parent_BP3, cap: int, refine_rounds: int = 20, k_swap: int = 8) -> torch.Tensor:
     "`assign_greedy` on the CPU with `_assign_kernel` compiled by numba, one cloud at a time."
-    kernel = _numba_jit(_assign_kernel, _kd_build, _box_lb2, _d32, _nearest_kernel)
+    kernel = _numba_jit(_assign_kernel, _kd_build, _box_lb2, _d32, _nearest_kernel, _open_tree)
     c, p = to_numpy(child_BM3.float()), to_numpy(parent_BP3.float())
     out = thread_map(lambda b: kernel(np.ascontiguousarray(c[b]), np.ascontiguousarray(p[b]), cap, k_swap, refine_rounds,
                                       ASSIGN_LEAF), len(c))
