@@ -774,22 +774,23 @@ def _d32(C, i, P, j):
     x = C[i, 0] - P[j, 0]; y = C[i, 1] - P[j, 1]; z = C[i, 2] - P[j, 2]
     return np.sqrt(x * x + y * y + z * z)
 
-def _nearest_kernel(C, i, P, k, tree, room, cnt, kd, ki, stack):
+def _nearest_kernel(C, i, P, k, tree, room, cnt, kd, ki, stack, lb):
     """Fill `kd`, `ki` (k,) with the `k` nearest parents of child i that have room (`room` > 0; `cnt`: open
     parents below each node), by (float32 distance, index), padded with the nearest when fewer are open.
-    Written for numba."""
+    `stack`, `lb` (64,): scratch for the nodes to visit and their box bounds. Written for numba."""
     order, start, end, first_leaf, box = tree
     x, y, z = C[i, 0], C[i, 1], C[i, 2]
     kd[:] = np.inf; ki[:] = 1 << 40
     bd2 = np.inf                                                    # squared distance of the k-th so far
-    sp = 1; stack[0] = 0
+    sp = 1; stack[0] = 0; lb[0] = _box_lb2(box, 0, x, y, z)
     while sp:
         sp -= 1; n = stack[sp]
-        if cnt[n] == 0 or _box_lb2(box, n, x, y, z) > bd2: continue
+        if cnt[n] == 0 or lb[sp] > bd2: continue
         if n < first_leaf:                                          # the nearer child first
             l = 2 * n + 1
-            if _box_lb2(box, l, x, y, z) <= _box_lb2(box, l + 1, x, y, z): stack[sp] = l + 1; stack[sp + 1] = l
-            else: stack[sp] = l; stack[sp + 1] = l + 1
+            a, b = _box_lb2(box, l, x, y, z), _box_lb2(box, l + 1, x, y, z)
+            if a <= b: stack[sp] = l + 1; lb[sp] = b; stack[sp + 1] = l; lb[sp + 1] = a
+            else: stack[sp] = l; lb[sp] = a; stack[sp + 1] = l + 1; lb[sp + 1] = b
             sp += 2; continue
         for jj in range(start[n], end[n]):
             j = order[jj]
@@ -828,10 +829,10 @@ def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
     (M,) parent slot per child, each parent taking `cap`."""
     M, Pn = C.shape[0], P.shape[0]
     k_swap = min(k_swap, Pn)
-    room = np.full(Pn, cap, np.int64); stack = np.empty(64, np.int64)
+    room = np.full(Pn, cap, np.int64); stack = np.empty(64, np.int64); lb = np.empty(64)
     ids, pos, Q, tree, cnt, leaf_of, oroom = _open_tree(P, room, leaf)   # all parents open: rows = indices
     qd = np.empty((M, k_swap), np.float32); qq = np.empty((M, k_swap), np.int64)   # the k_swap nearest parents
-    for i in range(M): _nearest_kernel(C, i, Q, k_swap, tree, oroom, cnt, qd[i], qq[i], stack)
+    for i in range(M): _nearest_kernel(C, i, Q, k_swap, tree, oroom, cnt, qd[i], qq[i], stack, lb)
     # proposals: each unplaced child asks its nearest parent with room; parents keep their closest askers
     slot = np.full(M, -1, np.int64)
     near_p = qq[:, 0].copy(); near_d = qd[:, 0].copy()
@@ -853,7 +854,7 @@ def _assign_kernel(C, P, cap, k_swap, rounds, leaf):
                 c = 0                                                 # else from the open ones it found last time
                 while c < REFILL and room[op[i, c]] == 0: c += 1
                 if c == REFILL:                                       # else the REFILL nearest open ones, anew
-                    _nearest_kernel(C, i, Q, REFILL, tree, oroom, cnt, od[i], found, stack); c = 0
+                    _nearest_kernel(C, i, Q, REFILL, tree, oroom, cnt, od[i], found, stack, lb); c = 0
                     for q in range(REFILL): op[i, q] = ids[found[q]]
                 near_p[i] = op[i, c]; near_d[i] = od[i, c]
         prop = near_p[todo]; pd = near_d[todo]
