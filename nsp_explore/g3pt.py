@@ -7,6 +7,7 @@ from __future__ import annotations
 import math, time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -513,7 +514,7 @@ def evaluate_tokenizer(tok: G3PTTokenizer, ds, batch_size: int = 32) -> dict:
     return r
 
 # %% ../nbs/13_g3pt.ipynb #00c5767c
-def save_g3pt(tok: G3PTTokenizer, path) -> 'Path':
+def save_g3pt(tok: G3PTTokenizer, path) -> Path:
     "A weights-only checkpoint of a `G3PTTokenizer` (with its config) in `fit`'s format; `load_g3pt` reads it."
     from nsp_explore.train import save_checkpoint
     return save_checkpoint(path, tok.cpu().float(), None, None, 0, None)
