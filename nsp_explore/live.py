@@ -4,13 +4,13 @@
 
 # %% ../nbs/01a_live.ipynb #5d0bc05d
 from __future__ import annotations
-import base64, contextlib, html, importlib.util, io, json, os, sys, uuid
+import base64, contextlib, html, io, json, os, sys, uuid
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .core import to_numpy, atomic_write_text
+from .core import to_numpy, atomic_write_text, _have_module
 from .viz import RenderUnavailable, pyvista_status, _quiet_headless
 
 # %% auto #0
@@ -366,7 +366,7 @@ LIVE_EXTRA = "pip install 'nsp_explore[live]'   (pyvista>=0.48, trame, trame-vtk
 def live_status() -> tuple[bool, str]:
     "(available, message): can `live_view` show a trame view here, and if not, what is missing."
     missing = [m for m in ('pyvista', 'trame', 'trame_vtk', 'trame_vuetify', 'trame_pyvista', 'ipywidgets')
-               if importlib.util.find_spec(m) is None]
+               if not _have_module(m)]
     if missing: return False, f"live 3-D views need {', '.join(missing)}: {LIVE_EXTRA}"
     try:
         from IPython import get_ipython
