@@ -18,6 +18,7 @@ Every run appends one row to `results/g3pt_diagnosis_<device>.json` (wall and pr
     python benchmarks/g3pt_diagnose.py --s1 0 --s2 400 --init s1.pt --tag ew0.5 --kw '{"entropy_weight": 0.5}'
     python benchmarks/g3pt_diagnose.py --s1 0 --s2 0 --init s1.pt --eval-stage 2 --tag switch   # IoU right after the switch
     python benchmarks/g3pt_diagnose.py --s1 0 --s2 500 --init s1.pt --lr 5e-4 --tag s2_lr5e-4
+    python benchmarks/g3pt_diagnose.py --s1 1000 --n-train 2 --score-train --tag fit20   # can it fit 20 shapes?
     python benchmarks/g3pt_diagnose.py --oracle --tag oracle    # what 256 points with normals say, no learning
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ def main(a):
     if a.oracle:
         r = nn_normal_oracle(OccupancyShapes('val', n_points=256, n_queries=4096))
         print('RESULT', json.dumps(r)); save_results('g3pt_oracle', [r], note=nn_normal_oracle.__doc__); return
-    train = OccupancyShapes('train', n_points=256, n_queries=4096)
+    train = OccupancyShapes('train', n_points=256, n_queries=4096, n_per_category=a.n_train)
     val = OccupancyShapes('val', n_points=256, n_queries=4096)
     torch.manual_seed(0)
     tok = G3PTTokenizer('nano', **kw)
@@ -88,6 +89,10 @@ def main(a):
                iou=round(r['iou'], 4), iou_uniform=round(r['iou_uniform'], 4), iou_per_scale=[round(v, 3) for v in r['iou_per_scale']],
                usage_of_possible=[round(v, 3) for v in r['usage']['of_possible']] if 'usage' in r else None,
                train_iou_curve=[(int(x['step']), round(float(x['iou']), 3)) for h in hists for x in h.rows[::4]])
+    if a.score_train:   # the same shapes it trained on (their first 256 points): under- or overfitting?
+        seen = OccupancyShapes('train', n_points=256, n_queries=4096, n_per_category=min(10, a.n_train or 40), resample=False)
+        row['train_shapes_iou'] = round(evaluate_tokenizer(tok, seen)['iou'], 4)
+    if a.n_train: row['n_train_per_category'] = a.n_train
     print('RESULT', json.dumps(row), flush=True)
     if a.save: torch.save(tok.state_dict(), a.save)
     f = Path(__file__).parent / 'results' / f"g3pt_diagnosis_{machine()['device']}.json"
@@ -104,6 +109,8 @@ if __name__ == '__main__':
     p.add_argument('--bs', type=int, default=16); p.add_argument('--tag', required=True)
     p.add_argument('--kw', default='{}', help='G3PTConfig overrides as JSON')
     p.add_argument('--nval', type=int, default=40)
+    p.add_argument('--n-train', type=int, default=None, help='training shapes per category (default: all 40)')
+    p.add_argument('--score-train', action='store_true', help='also score IoU on the first 10 training shapes per category')
     p.add_argument('--bypass', action='store_true'); p.add_argument('--init', default=''); p.add_argument('--save', default='')
     p.add_argument('--eval-stage', type=int, default=0, help='1 | 2: score in this stage (default: 1 when --s2 0, else 2)')
     p.add_argument('--freeze', default='', help='comma-separated parameter-name prefixes kept fixed, e.g. encoder,down_q')
