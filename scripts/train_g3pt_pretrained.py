@@ -69,7 +69,7 @@ def main(a) -> dict:
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--steps', type=int, nargs=2, default=[2500, 500], help='stage 1 (LayerNorm) and stage 2 (LFQ) steps')
+    ap.add_argument('--steps', type=int, nargs=2, default=[2500, 500], help='stage 1 (continuous, see --stage1) and stage 2 (LFQ) steps; the shipped file used 10000 1000')
     ap.add_argument('--batch-size', type=int, default=16)
     ap.add_argument('--lr', type=float, default=2e-3)
     ap.add_argument('--stage1', default='layernorm', choices=['layernorm', 'tanh'],
