@@ -47,6 +47,8 @@ class TokenizerConfig(Config):
     emd_eps: float = 5e-3                     # final Sinkhorn temperature (x max cost) when emd_method='sinkhorn'
     fps_trajectories: int = 4                 # FPS augmentation: random-start LoD trees per training shape (PointNSP)
     frame: str = 'global'                     # normalization of the training data (data.NORMALIZE_MODES); stats in buffers
+    recon_scale: float = 1.0                  # decoded clouds are scaled by this about their centroid (1: off; fitted
+                                              # after training by `train_tokenizer.calibrate_recon_scale`)
 
     PRESETS = dict(
         # nano: both options on (benchmarks/results/tokenizer_ablation_nano_preset_cpu.json, 800 steps, same seed:
@@ -73,6 +75,8 @@ class TokenizerConfig(Config):
         if self.emd_method not in ('match', 'sinkhorn'):
             raise ValueError(f"emd_method must be 'match' or 'sinkhorn', got {self.emd_method!r}")
         if self.fps_trajectories < 1: raise ValueError(f"fps_trajectories must be >= 1, got {self.fps_trajectories}")
+        if not (math.isfinite(self.recon_scale) and self.recon_scale > 0):
+            raise ValueError(f"recon_scale must be a finite positive number, got {self.recon_scale}")
 
     @property
     def points_per_leaf(self) -> int: return self.n_points // self.scales[-1]
@@ -317,7 +321,7 @@ class PointNSPTokenizer(nn.Module):
         f, lod, x_tree, targets = self._encode_features(x_BN3, lod)
         q = self.quantizer(f)
         positions = self._decode_positions(q.cumulative)                # X̂_k (B, s_k, 3)
-        x_hat = self.expand(q.f_hat, positions[-1])                     # (B, N, 3)
+        x_hat = self.rescale(self.expand(q.f_hat, positions[-1]))      # (B, N, 3)
         if not torch.isfinite(x_hat).all():                             # not the user's x: the model made the NaN
             raise FloatingPointError("PointNSPTokenizer: the decoded cloud x_hat is NaN/inf although the input x is finite (the weights diverged)")
         cd = chamfer_distance(x_hat, x_tree).mean()
@@ -386,7 +390,14 @@ class PointNSPTokenizer(nn.Module):
     def decode_state(self, state: TokenizerState) -> torch.Tensor:
         "The final cloud (B, N, 3) (tree order) from a state holding all K scales."
         if state.n_scales != self.K: raise ValueError(f"decode_state needs all {self.K} scales, the state holds {state.n_scales}")
-        return self.expand(state.f_hat, state.positions[-1])
+        return self.rescale(self.expand(state.f_hat, state.positions[-1]))
+
+    def rescale(self, x_BN3):
+        "The decoded cloud scaled by `cfg.recon_scale` about its own centroid (a no-op at 1, the default)."
+        s = self.cfg.recon_scale
+        if s == 1.0: return x_BN3
+        c = x_BN3.mean(1, keepdim=True)
+        return c + s * (x_BN3 - c)
 
     @torch.no_grad()
     def decode(self, indices: list) -> dict:

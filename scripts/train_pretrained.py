@@ -11,7 +11,8 @@ benchmarks/results/pretrained_nano_sampling_sweep_cpu.json), then scored on the 
 
 Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
 the device and the wall time of each stage, so `load_pretrained('nano')` users can see how it was made and
-rerun it. Runs on any device (bf16 autocast for the generator on CUDA; the tokenizer is always float32), so a
+rerun it. After training, the tokenizer's decoded scale is calibrated on the training shapes
+(`calibrate_recon_scale`, recorded as `"recon_scale"`; tokens and weights are unchanged by it). Runs on any device (bf16 autocast for the generator on CUDA; the tokenizer is always float32), so a
 CPU rerun reproduces the recipe, not the bits of a GPU run.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from nsp_explore.core import default_device, versions
 from nsp_explore.train import fit
-from nsp_explore.train_tokenizer import tokenizer_datasets, tokenizer_loss, tokenizer_train_config, _val_cd
+from nsp_explore.train_tokenizer import calibrate_recon_scale, tokenizer_datasets, tokenizer_loss, tokenizer_train_config, _val_cd
 from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
 from nsp_explore.transformer import ScaleTransformer, TransformerConfig
 from nsp_explore.generate import cache_tokens, generator_train_config, next_scale_loss
@@ -52,6 +53,8 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
                tokenizer_val_cd=h.val[-1]['cd'] if h.val else None,
                tokenizer_val_curve=[{k: round(float(v), 5) for k, v in r.items()} for r in h.val])
     tok = tok.eval()
+    # the decoded clouds' scale, fitted on the training shapes (the raw decoder shrinks them; see 08a_train_tokenizer)
+    rec['recon_scale'] = calibrate_recon_scale(tok, train.dataset)['recon_scale']
     t0 = time.time()
     seqs = cache_tokens(tok, train, passes=tok_cfg.fps_trajectories, device=device)
     if device.type == 'cuda': seqs = seqs.to(device)      # batches gathered on the GPU

@@ -359,3 +359,43 @@ def test_train_tokenizer_rejects_dataset_without_lod():
     ds = SyntheticShapes('train', categories=['chair'], n_per_category=2, n_points=256, resample=False)
     with pytest.raises(ValueError, match='lod_index'): train_tokenizer('nano', dataset=ds, steps=1)
     with pytest.raises(KeyError, match='no tokenizer training preset'): tokenizer_train_config('huge')
+
+
+# ---------------------------------------------------------------- decoded scale calibration
+def test_recon_scale_scales_decoded_clouds_about_their_centroid(tok, tmp_path):
+    from nsp_explore.train import save_checkpoint
+    from nsp_explore.train_tokenizer import load_tokenizer
+    for bad in (0.0, -1.0, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match='recon_scale'): TokenizerConfig.preset('nano', recon_scale=bad)
+    x = blob_clouds(2, seed=11)
+    with torch.no_grad(): raw = tok(x)
+    idx, _ = tok.encode(x)
+    s = 1.25
+    scaled = PointNSPTokenizer(tok.cfg.override(recon_scale=s)).eval()
+    scaled.load_state_dict(tok.state_dict())
+    c = raw.x_hat.double().mean(1, keepdim=True)
+    want = (c + s * (raw.x_hat.double() - c)).float()                    # float64 reference of the rescale
+    with torch.no_grad(): out = scaled(x)
+    assert_close(out.x_hat, want, atol=1e-5, rtol=1e-5)
+    assert_close(scaled.decode(idx)['points'], want, atol=1e-5, rtol=1e-4)   # decoding (the sampler's path) too
+    for a, b in zip(scaled.encode(x)[0], idx): assert torch.equal(a, b)       # tokens untouched
+    for p, q in zip(out.scale_points, raw.scale_points): assert_close(p, q)   # coarser scales untouched
+    save_checkpoint(tmp_path / 's.pt', scaled)
+    assert load_tokenizer(tmp_path / 's.pt').cfg.recon_scale == s
+
+
+def test_calibrate_recon_scale_makes_mean_radius_ratio_one(tok):
+    import copy
+    from nsp_explore.train_tokenizer import calibrate_recon_scale
+    x = blob_clouds(6, seed=12)
+    m = copy.deepcopy(tok)
+    m.cfg = m.cfg.override(recon_scale=3.0)                               # a stale value must not compound
+    r = lambda y: (y.double() - y.double().mean(1, keepdim=True)).norm(dim=-1).mean(1)
+    with torch.no_grad(): raw = tok(x).x_hat
+    out = calibrate_recon_scale(m, x, batch_size=4)                       # two batches
+    assert out['n'] == 6 and out['recon_scale'] == m.cfg.recon_scale
+    assert math.isclose(out['recon_scale'], float((r(x) / r(raw)).mean()), rel_tol=1e-5)
+    with torch.no_grad(): after = m(x).x_hat
+    assert math.isclose(float((r(x) / r(after)).mean()), 1.0, rel_tol=1e-5)
+    assert not m.training
+    with pytest.raises(ValueError, match='clouds'): calibrate_recon_scale(m, torch.zeros(0, 256, 3))
