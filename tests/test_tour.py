@@ -45,6 +45,7 @@ def test_nano_preset_loads_the_shipped_pair_and_checks_it():
     tok_cfg = tour_tokenizer_config(cfg)                          # the pair's own config, from its record
     tok, gen, info = _load_pair(cfg, tok_cfg, torch.device('cpu'))
     assert not tok.training and info['tokenizer_steps'] > 0
+    assert tok.cfg.recon_scale != tok_cfg.recon_scale             # calibrated after training: not a config mismatch
     model, rec = _stage_generator(cfg, Report('t'), tok, None, 'cpu', {}, (tok, gen, info))
     assert model is gen and rec['steps_this_run'] == 0 and rec['steps'] == info['generator_steps']
     with pytest.raises(RuntimeError, match='another tokenizer config'):
