@@ -81,6 +81,11 @@ class TokenizerConfig(Config):
     @property
     def points_per_leaf(self) -> int: return self.n_points // self.scales[-1]
 
+    FITTED_AFTER_TRAINING = ('recon_scale',)
+    def trained_dict(self) -> dict:
+        "`to_dict()` without the fields fitted after training (`FITTED_AFTER_TRAINING`): what a trained model's weights depend on."
+        return {k: v for k, v in self.to_dict().items() if k not in self.FITTED_AFTER_TRAINING}
+
 # %% ../nbs/07_tokenizer.ipynb #1731ef16
 def fourier_features(p: torch.Tensor, n_freqs: int = 6) -> torch.Tensor:
     "`p` (..., 3) -> (..., 3 + 6 * n_freqs): the position and sin/cos at frequencies 2^i π, i < n_freqs."

@@ -186,8 +186,7 @@ def _steps_text(steps: int, batch: int, start: int, seconds: float, device) -> s
 def _load_pair(cfg: TourConfig, tok_cfg: TokenizerConfig, device):
     "The shipped pretrained pair `(tokenizer, generator, info)` on `device`, checked against the tour's tokenizer preset."
     tok, model = gen.load_pretrained(cfg.pretrained)
-    trained = lambda c: {k: v for k, v in c.to_dict().items() if k != 'recon_scale'}   # recon_scale: fitted after training
-    if trained(tok.cfg) != trained(tok_cfg):
+    if tok.cfg.trained_dict() != tok_cfg.trained_dict():                 # recon_scale is fitted after training
         raise RuntimeError(f"the shipped pretrained pair {cfg.pretrained!r} has another tokenizer config than the "
                            f"{cfg.model!r} preset; retrain it (scripts/train_pretrained.py) or use the nano_train preset")
     return tok.to(device).eval(), model.to(device).eval(), tok.info

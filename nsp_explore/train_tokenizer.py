@@ -21,7 +21,7 @@ from .train import CheckpointError, TrainConfig, check_state_dict, checkpoint_fo
 # %% auto #0
 __all__ = ['TOKENIZER_TRAIN', 'tokenizer_datasets', 'tokenizer_loss', 'tokenizer_train_config', 'train_tokenizer',
            'load_tokenizer', 'evaluate_tokenizer', 'codebook_usage', 'reconstruction_slider', 'token_map_fig',
-           'usage_fig', 'scale_errors', 'decoded_structure_fig', 'calibrate_recon_scale']
+           'usage_fig', 'scale_errors', 'decoded_structure_fig', 'mean_radius', 'calibrate_recon_scale']
 
 # %% ../nbs/08a_train_tokenizer.ipynb #9bdc4af0
 def tokenizer_datasets(cfg: TokenizerConfig | str = 'nano', n_train: int | None = None, n_val: int | None = None,
@@ -228,6 +228,10 @@ def decoded_structure_fig(model, points_BN3, names=None, cmax: float | None = No
     return cloud_grid(clouds, titles=titles, colors=colors, cols=cols, size=3.0, height_per_row=230)
 
 # %% ../nbs/08a_train_tokenizer.ipynb #85559e79
+def mean_radius(x_BN3) -> torch.Tensor:
+    "`(B,)`: each cloud's mean distance of its points to its centroid."
+    return (x_BN3 - x_BN3.mean(1, keepdim=True)).norm(dim=-1).mean(1)
+
 @torch.no_grad()
 def calibrate_recon_scale(model, clouds, batch_size: int = 64) -> dict:
     """Fit and set `model.cfg.recon_scale`: the mean over `clouds` (training shapes in the model's frame,
@@ -236,9 +240,8 @@ def calibrate_recon_scale(model, clouds, batch_size: int = 64) -> dict:
     X = clouds if torch.is_tensor(clouds) else torch.stack([clouds[i]['points'] for i in range(len(clouds))])
     if X.ndim != 3 or len(X) == 0: raise ValueError(f"calibrate_recon_scale needs clouds (B, N, 3) with B > 0, got {tuple(X.shape)}")
     device, was, old = next(model.parameters()).device, model.training, model.cfg
-    radius = lambda x: (x - x.mean(1, keepdim=True)).norm(dim=-1).mean(1)             # (B,)
     model.eval(); model.cfg = old.override(recon_scale=1.0)                                # the raw decoder
-    try: ratios = torch.cat([radius(x) / radius(model(x).x_hat).clamp_min(1e-12) for x in X.to(device).split(batch_size)])
+    try: ratios = torch.cat([mean_radius(x) / mean_radius(model(x).x_hat).clamp_min(1e-12) for x in X.to(device).split(batch_size)])
     finally: model.cfg = old; model.train(was)
     model.cfg = old.override(recon_scale=float(ratios.double().mean()))
     return dict(recon_scale=model.cfg.recon_scale, n=len(X))
