@@ -55,19 +55,28 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
     tok = tok.eval()
     # the decoded clouds' scale, fitted on the training shapes (the raw decoder shrinks them; see 08a_train_tokenizer)
     rec['recon_scale'] = calibrate_recon_scale(tok, train.dataset)['recon_scale']
+    gen, grec = train_generator_stage(tok, train, generator_steps, device, seed, generator_batch, gen_cfg)
+    rec.update(**grec, categories=list(train.dataset.categories))
+    _save(tok, out / 'nano_tokenizer.pt'); _save(gen, out / 'nano_generator.pt')
+    (out / 'nano.json').write_text(json.dumps(rec, indent=2, default=str))
+    return rec
+
+
+def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None,
+                          seqs=None):
+    """The pair's second stage: a nano `ScaleTransformer` trained on `tok`'s tokens of `train` (one sequence per FPS
+    trajectory, `tok.cfg.fps_trajectories` passes; or the given `seqs`). Returns `(generator, record)`."""
+    device = default_device(None if device is None else str(device))
     t0 = time.time()
-    seqs = cache_tokens(tok, train, passes=tok_cfg.fps_trajectories, device=device)
+    if seqs is None: seqs = cache_tokens(tok, train, passes=tok.cfg.fps_trajectories, device=device)
     if device.type == 'cuda': seqs = seqs.to(device)      # batches gathered on the GPU
     torch.manual_seed(seed)
     gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
     gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,
                                   warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20))
     hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), next_scale_loss, gcfg, device=device)
-    rec.update(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(),
-               generator_loss=hg.last('loss'), categories=list(train.dataset.categories))
-    _save(tok, out / 'nano_tokenizer.pt'); _save(gen, out / 'nano_generator.pt')
-    (out / 'nano.json').write_text(json.dumps(rec, indent=2, default=str))
-    return rec
+    return gen, dict(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(),
+                     generator_loss=hg.last('loss'))
 
 
 def _save(model, path: Path):

@@ -1,6 +1,6 @@
 """PointNSP, faithful: the checks that would have caught the bf16 losses, the biased training EMD, a mutating
 encode(), the per-scale commitment / EMA update, and the presets and tokenizer frame of the paper's setting."""
-import copy, json, os, subprocess, sys
+import copy, json, math, os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +238,23 @@ def test_checkpoints_from_before_a_config_field_was_added_still_load(tmp_path):
     ck['model_config']['d_model'] = 32                                               # a real difference still fails
     torch.save(ck, tmp_path / 'bad.pt')
     with pytest.raises(Exception, match='different'): load_checkpoint(tmp_path / 'bad.pt', m)
+
+
+def test_generator_steps_benchmark_writes_loadable_pairs(tmp_path):
+    "bench_generator_steps (the under-training check): each count gives a pair folder that loads and a finite val loss."
+    from nsp_explore.generate import load_generator
+    from nsp_explore.train_tokenizer import load_tokenizer
+    out, res = tmp_path / 'runs', tmp_path / 'gs.json'
+    r = subprocess.run([sys.executable, 'benchmarks/bench_generator_steps.py', '--steps', '2,3', '--jobs', '1', '--n-train', '1',
+                        '--n-val', '1', '--device', 'cpu', '--out', str(out), '--results', str(res)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, NSP_PROGRESS='0'))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    rows = json.loads(res.read_text())['rows']
+    assert [row['steps'] for row in rows] == [2, 3]
+    for row in rows:
+        assert math.isfinite(row['val_loss']) and row['val_loss'] > 0 and row['n_train_shapes'] == 10
+        d = out / f"steps_{row['steps']}"
+        rec = json.loads((d / 'nano.json').read_text())
+        assert rec['generator_steps'] == row['steps'] and 'scores' not in rec
+        tok, gen = load_tokenizer(d / 'nano_tokenizer.pt'), load_generator(d / 'nano_generator.pt')
+        assert gen.n_classes == len(rec['categories']) and tok.cfg.recon_scale == rec['recon_scale']
