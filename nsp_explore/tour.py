@@ -21,7 +21,8 @@ from .metrics import compute_all_metrics
 from .tokenizer import TokenizerConfig
 from .transformer import TransformerConfig
 from .train_tokenizer import (tokenizer_datasets, tokenizer_train_config, train_tokenizer, evaluate_tokenizer,
-                                         codebook_usage, reconstruction_slider, token_map_fig, usage_fig)
+                                         codebook_usage, reconstruction_slider, token_map_fig, usage_fig,
+                                         calibrate_recon_scale)
 from .generate import (cache_tokens, generator_train_config, train_generator, sample, sampling_slider,
                                   class_gallery, complete, completion_fig)
 import nsp_explore.generate as gen
@@ -207,7 +208,8 @@ def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, 
         if pair is None:
             tok, hist = train_tokenizer(tok_cfg, tcfg, dataset=train, val_dataset=val, device=device,
                                         ckpt_path=paths['tokenizer'])
-        else: tok, hist = pair[0], None
+            scale = calibrate_recon_scale(tok, train)['recon_scale']   # the raw decoder shrinks its clouds (08a)
+        else: tok, hist, scale = pair[0], None, pair[0].cfg.recon_scale
     rows = evaluate_tokenizer(tok, val, device=device)
     use = codebook_usage(tok, train, device=device)
     rep.heading('3. The tokenizer: multi-scale residual quantization')
@@ -215,6 +217,8 @@ def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, 
              f'codebook of {tok_cfg.codebook_size} codes shared by every scale. '
              + (_steps_text(tcfg.steps, tcfg.batch_size, hist.start_step, t.elapsed, device) if pair is None
                 else _pretrained_text(pair[2], 'tokenizer')) +
+             f' Its decoded clouds are scaled by {scale:.3f} about their centroid (`recon_scale`, fitted on the training '
+             'shapes by `calibrate_recon_scale`: a raw decoder shrinks its clouds, and 1-NNA sees it; lesson 08a).' +
              ' Each scale\'s tokens encode what the coarser '
              'scales missed; the structure decoder turns the cumulative features into the points of each scale.')
     if hist is not None: rep.figure(hist.plot(), caption='tokenizer training curves')
@@ -227,10 +231,11 @@ def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, 
     rep.figure(usage_fig(use, tok_cfg.scales), caption='fraction of the codebook used at each scale over the training set')
     if pair is not None:
         return tok, dict(seconds=t.elapsed, steps=pair[2].get('tokenizer_steps'), steps_this_run=0, resumed_from=None,
-                         checkpoint=f'pretrained:{cfg.pretrained}', params=_n_params(tok), usage=use['overall'], cd_final=rows[-1]['cd'])
+                         checkpoint=f'pretrained:{cfg.pretrained}', params=_n_params(tok), usage=use['overall'], cd_final=rows[-1]['cd'],
+                         recon_scale=scale)
     return tok, dict(seconds=t.elapsed, steps=tcfg.steps, steps_this_run=tcfg.steps - min(hist.start_step, tcfg.steps),
                      resumed_from=hist.start_step, checkpoint=str(paths['tokenizer']), params=_n_params(tok),
-                     usage=use['overall'], cd_final=rows[-1]['cd'])
+                     usage=use['overall'], cd_final=rows[-1]['cd'], recon_scale=scale)
 
 def _stage_generator(cfg: TourConfig, rep: Report, tok, train, device, paths: dict, pair=None):
     "Cache token maps, train (or resume) the next-scale transformer; or take the pretrained pair's."

@@ -25,6 +25,9 @@ def test_tour_cli_quick_writes_offline_report(tmp_path):
     ck = sorted(p.name for p in (tmp_path / 'runs').rglob('*.pt'))
     assert 'tokenizer.pt' in ck and any(n.startswith('generator_') for n in ck)
     assert summary['tokenizer']['steps'] == 20 and summary['tokenizer']['resumed_from'] == 0
+    # the trained tokenizer's decoded scale is calibrated (1.0 would mean the step did not run) and the report says so
+    scale = summary['tokenizer']['recon_scale']
+    assert scale != 1.0 and 0.5 < scale < 2.0 and f'scaled by {scale:.3f}' in html
 
 
 def test_tour_cli_rejects_unknown_preset(tmp_path):
