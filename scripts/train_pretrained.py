@@ -1,13 +1,14 @@
 """Train the pretrained nano pair (tokenizer + next-scale generator) that ships in data_samples/pretrained/.
 
-    python scripts/train_pretrained.py --tokenizer-steps 1500 --generator-steps 2000 --scales 1,4,16,64,256 \
-        --sibling-slots --fixed-norm --val-every 150 --out data_samples/pretrained
+    python scripts/train_pretrained.py --tokenizer-steps 4500 --generator-steps 2000 --scales 1,4,16,64,256 \
+        --sibling-slots --fixed-norm --val-every 450 --out data_samples/pretrained
 
-(the shipped pair's command: 11 + 18.5 minutes on 2 otherwise idle CPU cores). Its sampling setting (one temperature per
-token scale, `"sampling"` in nano.json) is not trained: it was chosen afterwards on validation shapes with
+(the shipped pair's command: 46 + 28 minutes on 2 CPU cores with short jobs beside it at times; the pair before it,
+1 500 tokenizer steps, took 11 + 18.5 minutes on 2 idle cores). Its sampling setting (one temperature per
+token scale, `"sampling"` in nano.json) is not trained: it was chosen for the previous pair on validation shapes with
 `scripts/eval_pretrained.py --refs val --no-recon --metrics cd --temperature T1,...,T5` (see
-benchmarks/results/pretrained_nano_sampling_sweep_cpu.json), then scored on the test shapes by
-`scripts/eval_pretrained.py`.
+benchmarks/results/pretrained_nano_sampling_sweep_cpu.json) and carried over unchanged, then scored on the test
+shapes by `scripts/eval_pretrained.py`.
 
 Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
 the device and the wall time of each stage, so `load_pretrained('nano')` users can see how it was made and
