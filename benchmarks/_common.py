@@ -4,7 +4,7 @@ Every benchmark script calls `save_results(name, rows, **meta)`; the file record
 software versions and machine load so numbers are never read without their context.
 """
 from __future__ import annotations
-import json, os, platform, sys, time
+import json, os, platform, subprocess, sys, time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / 'results'
@@ -48,3 +48,19 @@ def save_results(name: str, rows: list[dict], **meta) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, default=str)); os.replace(tmp, path)
     print(f'wrote {path}')
     return path
+
+
+def run_workers(cmds: dict, logs: dict, env: dict, jobs: int = 0, deadline_s: float | None = None) -> list:
+    """Run each command of `cmds` (name -> argv) as its own process, at most `jobs` at once (0: all at once), its
+    output in the file `logs[name]`; processes still running `deadline_s` seconds after the first start are killed.
+    Returns the names of the killed ones."""
+    t0, procs, killed = time.time(), {}, []
+    for name, cmd in cmds.items():
+        while jobs and sum(p.poll() is None for p in procs.values()) >= jobs: time.sleep(1)
+        with open(logs[name], 'w') as log: procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    for name, p in procs.items():
+        left = None if deadline_s is None else max(1.0, deadline_s - (time.time() - t0))
+        try: p.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            p.kill(); killed.append(name); print(f'{name}: killed at the deadline', flush=True)
+    return killed

@@ -15,11 +15,11 @@ Variants run as separate processes (one per variant; on a GPU they share it), so
 variant's. Writes benchmarks/results/tokenizer_ablation_<device>.json.
 """
 from __future__ import annotations
-import argparse, json, os, subprocess, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, print_table, RESULTS   # noqa: E402  (puts the repo on sys.path)
+from _common import machine, print_table, run_workers, RESULTS   # noqa: E402  (puts the repo on sys.path)
 import torch
 
 # name -> (TokenizerConfig overrides, what it tests)
@@ -166,19 +166,13 @@ def main():
     if bad: ap.error(f'unknown variant(s) {bad}; choose from {list(VARIANTS)}')
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'NSP_QUIET': '1'}
     t0 = time.time()
-    procs = {}
+    cmds = {}
     for v in names:
         (work / f'{v}.json').unlink(missing_ok=True)
-        while a.jobs and sum(p.poll() is None for p in procs.values()) >= a.jobs: time.sleep(1)
-        cmd = [sys.executable, __file__, '--variant', v, '--steps', str(a.steps), '--n', str(a.n), '--work', str(work),
-               '--metrics', a.metrics]
-        if a.device: cmd += ['--device', a.device]
-        if a.cache_dir: cmd += ['--cache-dir', a.cache_dir]
-        procs[v] = subprocess.Popen(cmd, env=env, stdout=open(work / f'{v}.log', 'w'), stderr=subprocess.STDOUT)
-    for v, p in procs.items():
-        left = None if a.deadline_s is None else max(1.0, a.deadline_s - (time.time() - t0))
-        try: p.wait(timeout=left)
-        except subprocess.TimeoutExpired: p.kill(); print(f'{v}: killed at the deadline', flush=True)
+        cmds[v] = [sys.executable, __file__, '--variant', v, '--steps', str(a.steps), '--n', str(a.n), '--work', str(work),
+                   '--metrics', a.metrics] + (['--device', a.device] if a.device else []) \
+            + (['--cache-dir', a.cache_dir] if a.cache_dir else [])
+    run_workers(cmds, {v: work / f'{v}.log' for v in names}, env, a.jobs, a.deadline_s)
     recs = [json.loads((work / f'{v}.json').read_text()) for v in names if (work / f'{v}.json').exists()]
     for spec in a.score:
         nm, path = spec.split('=', 1)

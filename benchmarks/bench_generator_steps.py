@@ -12,11 +12,11 @@ per-category protocol. Writes benchmarks/results/generator_steps_<device>.json (
 JSON under $OUT when that is set).
 """
 from __future__ import annotations
-import argparse, json, os, shutil, subprocess, sys, time
+import argparse, json, os, shutil, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, print_table   # noqa: E402  (puts the repo on sys.path)
+from _common import RESULTS, machine, print_table, run_workers   # noqa: E402  (puts the repo on sys.path)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'scripts'))
 import torch
@@ -71,17 +71,12 @@ def main():
     counts = [int(s) for s in a.steps.split(',')]
     if not counts or min(counts) < 1: ap.error('--steps: positive step counts, e.g. 2000,4000')
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), 'NSP_PROGRESS': '0'}
-    t0, procs = time.time(), {}
+    t0, cmds = time.time(), {}
     for n in counts:
         (out / f'steps_{n}.json').unlink(missing_ok=True)
-        while a.jobs and sum(p.poll() is None for p in procs.values()) >= a.jobs: time.sleep(1)
-        cmd = [sys.executable, __file__, '--one', str(n), '--out', str(out)] + (['--device', a.device] if a.device else []) \
+        cmds[n] = [sys.executable, __file__, '--one', str(n), '--out', str(out)] + (['--device', a.device] if a.device else []) \
             + (['--n-val', str(a.n_val)] if a.n_val else []) + (['--n-train', str(a.n_train)] if a.n_train else [])
-        procs[n] = subprocess.Popen(cmd, env=env, stdout=open(out / f'steps_{n}.log', 'w'), stderr=subprocess.STDOUT)
-    for n, p in procs.items():
-        left = None if a.deadline_s is None else max(1.0, a.deadline_s - (time.time() - t0))
-        try: p.wait(timeout=left)
-        except subprocess.TimeoutExpired: p.kill(); print(f'{n} steps: stopped at the deadline', flush=True)
+    run_workers(cmds, {n: out / f'steps_{n}.log' for n in counts}, env, a.jobs, a.deadline_s)
     rows = [json.loads((out / f'steps_{n}.json').read_text()) for n in counts if (out / f'steps_{n}.json').exists()]
     for n in counts:
         if not (out / f'steps_{n}.json').exists():

@@ -258,3 +258,14 @@ def test_generator_steps_benchmark_writes_loadable_pairs(tmp_path):
         assert rec['generator_steps'] == row['steps'] and 'scores' not in rec
         tok, gen = load_tokenizer(d / 'nano_tokenizer.pt'), load_generator(d / 'nano_generator.pt')
         assert gen.n_classes == len(rec['categories']) and tok.cfg.recon_scale == rec['recon_scale']
+
+
+def test_run_workers_limits_jobs_and_kills_at_the_deadline(tmp_path):
+    "The benchmarks' process pool: every command runs with its own log, and one still running at the deadline is killed."
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from _common import run_workers
+    py = sys.executable
+    cmds = {'quick': [py, '-c', "print('done')"], 'slow': [py, '-c', 'import time; time.sleep(60)']}
+    killed = run_workers(cmds, {k: tmp_path / f'{k}.log' for k in cmds}, dict(os.environ), jobs=1, deadline_s=3)
+    assert killed == ['slow']
+    assert (tmp_path / 'quick.log').read_text().strip() == 'done'
