@@ -41,7 +41,7 @@ def run_count(steps: int, out: Path, device, n_val, n_train=None) -> dict:
     K = len(tok.scales)
     rec = dict(steps=steps, device=str(dev), generator_s=round(grec['generator_s'], 1), train_loss=round(grec['generator_loss'], 4),
                val_loss=round(float(vl['loss']), 4), **{f'val_acc_{k}': round(float(vl[f'acc_{k}']), 4) for k in range(K)},
-               n_train_shapes=len(train), n_val_shapes=len(val))
+               n_train_shapes=len(train), n_val_shapes=len(val), tokenizer_steps=info.get('tokenizer_steps'))
     d = out / f'steps_{steps}'; d.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / 'data_samples' / 'pretrained' / 'nano_tokenizer.pt', d / 'nano_tokenizer.pt')
     _save(gen, d / 'nano_generator.pt')

@@ -253,6 +253,7 @@ def test_generator_steps_benchmark_writes_loadable_pairs(tmp_path):
     assert [row['steps'] for row in rows] == [2, 3]
     for row in rows:
         assert math.isfinite(row['val_loss']) and row['val_loss'] > 0 and row['n_train_shapes'] == 10
+        assert row['tokenizer_steps'] == json.loads((ROOT / 'data_samples' / 'pretrained' / 'nano.json').read_text())['tokenizer_steps']
         d = out / f"steps_{row['steps']}"
         rec = json.loads((d / 'nano.json').read_text())
         assert rec['generator_steps'] == row['steps'] and 'scores' not in rec
