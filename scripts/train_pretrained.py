@@ -63,13 +63,12 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
     return rec
 
 
-def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None,
-                          seqs=None):
+def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None):
     """The pair's second stage: a nano `ScaleTransformer` trained on `tok`'s tokens of `train` (one sequence per FPS
-    trajectory, `tok.cfg.fps_trajectories` passes; or the given `seqs`). Returns `(generator, record)`."""
+    trajectory, `tok.cfg.fps_trajectories` passes). Returns `(generator, record)`."""
     device = default_device(None if device is None else str(device))
     t0 = time.time()
-    if seqs is None: seqs = cache_tokens(tok, train, passes=tok.cfg.fps_trajectories, device=device)
+    seqs = cache_tokens(tok, train, passes=tok.cfg.fps_trajectories, device=device)
     if device.type == 'cuda': seqs = seqs.to(device)      # batches gathered on the GPU
     torch.manual_seed(seed)
     gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
