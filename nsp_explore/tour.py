@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_tour.ipynb #19586930
 from __future__ import annotations
-import argparse, hashlib, json, os, signal, sys, time
+import argparse, hashlib, json, math, os, signal, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,8 +28,8 @@ from .generate import (cache_tokens, generator_train_config, train_generator, sa
 import nsp_explore.generate as gen
 
 # %% auto #0
-__all__ = ['TourConfig', 'tour_tokenizer_config', 'sampling_temperature', 'run_keys', 'run_paths', 'check_output_paths',
-           'cpu_threads', 'run_tour', 'main']
+__all__ = ['TourConfig', 'tour_tokenizer_config', 'sampling_temperature', 'run_keys', 'run_paths', 'recon_scale_text',
+           'check_output_paths', 'cpu_threads', 'run_tour', 'main']
 
 # %% ../nbs/11_tour.ipynb #b205d44d
 @dataclass
@@ -201,6 +201,18 @@ def _pretrained_text(info: dict, what: str) -> str:
             + (f' in {secs:.0f} s' if isinstance(secs, (int, float)) else '') +
             ' by `scripts/train_pretrained.py` (its command, seed and versions are in nano.json beside the weights).')
 
+def recon_scale_text(scale: float, far: float = 1.25) -> str:
+    """The report's sentence on the tokenizer's decoded scale (`cfg.recon_scale`), with a warning when it is
+    further than `far` (a factor) from 1: such a decoder is still collapsing its clouds towards their centre."""
+    if not (math.isfinite(scale) and scale > 0): raise ValueError(f"recon_scale must be a positive number, got {scale!r}")
+    s = (f' Its decoded clouds are scaled by {scale:.3f} about their centroid (`recon_scale`, fitted on the training '
+         'shapes by `calibrate_recon_scale`: a raw decoder shrinks its clouds, and 1-NNA sees it; lesson 08a).')
+    if max(scale, 1 / scale) > far:
+        s += (f' A factor this far from 1 means the tokenizer is under-trained: its decoder still pulls points '
+              f'towards the centre (a well-trained one needs a factor within a few percent of 1), so the calibration stretches '
+              f'noise too, and scaled clouds can leave the unit cube (the JSD score warns). Train longer for real results.')
+    return s
+
 def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, paths: dict, pair=None):
     "Train (or resume, or load the pretrained pair's) tokenizer; per-scale reconstruction scores, views, codebook usage."
     tcfg = _tok_train_cfg(cfg)
@@ -217,8 +229,7 @@ def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, 
              f'codebook of {tok_cfg.codebook_size} codes shared by every scale. '
              + (_steps_text(tcfg.steps, tcfg.batch_size, hist.start_step, t.elapsed, device) if pair is None
                 else _pretrained_text(pair[2], 'tokenizer')) +
-             f' Its decoded clouds are scaled by {scale:.3f} about their centroid (`recon_scale`, fitted on the training '
-             'shapes by `calibrate_recon_scale`: a raw decoder shrinks its clouds, and 1-NNA sees it; lesson 08a).' +
+             recon_scale_text(scale) +
              ' Each scale\'s tokens encode what the coarser '
              'scales missed; the structure decoder turns the cumulative features into the points of each scale.')
     if hist is not None: rep.figure(hist.plot(), caption='tokenizer training curves')

@@ -28,6 +28,7 @@ def test_tour_cli_quick_writes_offline_report(tmp_path):
     # the trained tokenizer's decoded scale is calibrated (1.0 would mean the step did not run) and the report says so
     scale = summary['tokenizer']['recon_scale']
     assert scale != 1.0 and 0.5 < scale < 2.0 and f'scaled by {scale:.3f}' in html
+    assert ('under-trained' in html) == (max(scale, 1 / scale) > 1.25)     # a far factor is explained, a near one not
 
 
 def test_tour_cli_rejects_unknown_preset(tmp_path):
@@ -38,7 +39,7 @@ def test_tour_cli_rejects_unknown_preset(tmp_path):
 
 def test_nano_preset_loads_the_shipped_pair_and_checks_it():
     import torch
-    from nsp_explore.tour import TourConfig, _load_pair, _stage_generator, cpu_threads, tour_tokenizer_config
+    from nsp_explore.tour import TourConfig, _load_pair, _stage_generator, tour_tokenizer_config
     from nsp_explore.tokenizer import TokenizerConfig
     from nsp_explore.viz import Report
     cfg = TourConfig.preset('nano')
