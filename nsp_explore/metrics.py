@@ -19,7 +19,7 @@ __all__ = ['CPU_MAX_ELEMENTS', 'GPU_MAX_ELEMENTS', 'KDTREE_MIN_POINTS', 'chamfer
            'emd_assignment', 'emd_exact', 'sinkhorn_potentials', 'sinkhorn_plan', 'round_to_feasible', 'emd_approx',
            'auction_assignment', 'emd_auction', 'sinkhorn_divergence', 'emd_train', 'emd_solver', 'pairwise_distances',
            'mmd', 'coverage', 'nearest_sample_mmd', 'one_nn_accuracy', 'occupancy_grid', 'grid_counts',
-           'jensen_shannon', 'jsd_between_point_cloud_sets', 'duplicate_fraction', 'emd_lower_bounds',
+           'jensen_shannon', 'jsd_between_point_cloud_sets', 'duplicate_fraction', 'copy_ratio', 'emd_lower_bounds',
            'denormalize_clouds', 'compute_all_metrics', 'metrics_table', 'nn_pairs_figure', 'one_nn_figure']
 
 # %% ../nbs/05_metrics.ipynb #855427ca
@@ -537,6 +537,16 @@ def duplicate_fraction(clouds, rel_tol: float = 1e-3) -> torch.Tensor:
         out.append((d.min(1).values <= tol).double().mean())
     out = torch.stack(out).float()
     return out[0] if single else out
+
+# %% ../nbs/05_metrics.ipynb #a343f830
+def copy_ratio(samples, refs, train, **kw) -> dict:
+    """Memorization check: `median_i min_j CD(samples[i], train[j])` over `median_i min_j CD(refs[i], train[j])`
+    (`(S, N, 3)`, `(R, N, 3)` held-out shapes and `(T, N, 3)` training shapes, one frame; `kw` goes to
+    `pairwise_distances`). Returns dict(sample_to_train, ref_to_train, ratio): ~1 new shapes, << 1 copies."""
+    nn = lambda X: pairwise_distances(X, train, metric='cd', **kw).min(1).values.median().item()
+    s, r = nn(samples), nn(refs)
+    if not r > 0: raise ValueError("copy_ratio: the held-out shapes coincide with training shapes (distance 0): no scale to compare with")
+    return dict(sample_to_train=s, ref_to_train=r, ratio=s / r)
 
 # %% ../nbs/05_metrics.ipynb #14b1478f
 def emd_lower_bounds(clouds, cost: str = 'pointflow') -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Score a pretrained pair per category, the literature's protocol: for each class, `--n` samples of that class
 against `--n` held-out test shapes of it (compute_all_metrics: MMD, COV, 1-NNA for CD and EMD), plus the
 tokenizer's ceiling (its reconstructions of validation shapes against the same test shapes, unpaired) and a
-mixed-class row. Writes benchmarks/results/pretrained_<name>_cpu.json and updates data_samples/pretrained/<name>.json.
+mixed-class row. Beside the scores, two things they cannot see: `dup_frac` (points piled on others) and
+`copy_ratio` (how near the clouds are to their class's training shapes, relative to held-out shapes: ~1 new,
+<< 1 copies). Writes benchmarks/results/pretrained_<name>_cpu.json and updates data_samples/pretrained/<name>.json.
 
     python scripts/eval_pretrained.py --name nano --n 50
 """
@@ -16,7 +18,7 @@ import torch
 from _common import print_table, save_results
 from nsp_explore.data import SyntheticShapes
 from nsp_explore.generate import load_pretrained, sample
-from nsp_explore.metrics import compute_all_metrics, duplicate_fraction
+from nsp_explore.metrics import compute_all_metrics, copy_ratio, duplicate_fraction
 
 
 def main():
@@ -59,6 +61,8 @@ def main():
         test = SyntheticShapes(a.refs, [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
         val = SyntheticShapes('val', [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
         refs = torch.stack([test[i]['points'] for i in range(len(test))])
+        tr_c = SyntheticShapes('train', [cat], None, n_points=N, resample=False, normalizer=train.normalizer)
+        tr_c = torch.stack([tr_c[i]['points'] for i in range(len(tr_c))])          # this class's training shapes
         smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c, **kw)['points']
         with torch.no_grad(): rec = None if a.no_recon else tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
         ref_m = None
@@ -67,7 +71,8 @@ def main():
             ref_m = m.pop('matrices')                                  # the test-vs-test distances are computed once
             rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), 4) for k, v in m.items()
                                                                  if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
-                             dup_frac=round(float(duplicate_fraction(X).mean()), 4)))   # repeated points: the scores cannot see them
+                             dup_frac=round(float(duplicate_fraction(X).mean()), 4),    # repeated points: the scores cannot see them
+                             copy_ratio=round(copy_ratio(X, refs, tr_c)['ratio'], 4)))    # copies of training shapes: nor these
         mixed_s.append(smp[: max(1, a.n // len(cats) * 2)]); mixed_r.append(refs[: max(1, a.n // len(cats) * 2)])
         print(f'{cat}: done ({time.time() - t0:.0f} s)', flush=True)
     m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, metrics=metrics, emd=a.emd, jsd=False)
@@ -77,7 +82,7 @@ def main():
     for kind in ('samples',) + (('tokenizer_recon',) if not a.no_recon else ()):
         sel = [r for r in rows if r['kind'] == kind and r['category'] != 'mixed']
         rows.append(dict(category='mean per category', kind=kind, n=a.n,
-                         **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup'))}))
+                         **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup', 'copy'))}))
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
     tag = f'_{a.tag}' if a.tag else ''
     save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, refs=a.refs,
