@@ -24,31 +24,20 @@ import torch
 
 def run_count(steps: int, out: Path, device, n_val, n_train=None) -> dict:
     "Train one generator of `steps` steps on the shipped tokens; save its pair folder; return its record."
-    from train_pretrained import train_generator_stage, _save
-    from nsp_explore.core import default_device
-    from nsp_explore.generate import cache_tokens, load_pretrained, next_scale_loss
-    from nsp_explore.train_tokenizer import tokenizer_datasets
-    dev = default_device(device)
-    tok, _ = load_pretrained('nano')
-    info = dict(tok.info)
-    tok = tok.to(dev).eval()
-    train, val = tokenizer_datasets(tok.cfg, seed=info.get('seed', 0), n_train=n_train, n_val=n_val)
-    gen, grec = train_generator_stage(tok, train, steps, dev, seed=info.get('seed', 0))
+    from train_pretrained import retrain_generator
+    from nsp_explore.generate import cache_tokens, next_scale_loss
+    d = out / f'steps_{steps}'
+    tok, gen, val, info = retrain_generator(ROOT / 'data_samples' / 'pretrained', steps, d, device, n_train=n_train, n_val=n_val,
+                                            command=' '.join(sys.argv))
+    dev = next(gen.parameters()).device
     va = cache_tokens(tok, val, device=dev).to(dev)
     gen = gen.to(dev).eval()
     with torch.no_grad():
         vl = next_scale_loss(gen, va.batch(torch.arange(len(va))))
     K = len(tok.scales)
-    rec = dict(steps=steps, device=str(dev), generator_s=round(grec['generator_s'], 1), train_loss=round(grec['generator_loss'], 4),
+    rec = dict(steps=steps, device=str(dev), generator_s=round(info['generator_s'], 1), train_loss=round(info['generator_loss'], 4),
                val_loss=round(float(vl['loss']), 4), **{f'val_acc_{k}': round(float(vl[f'acc_{k}']), 4) for k in range(K)},
-               n_train_shapes=len(train), n_val_shapes=len(val), tokenizer_steps=info.get('tokenizer_steps'))
-    d = out / f'steps_{steps}'; d.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / 'data_samples' / 'pretrained' / 'nano_tokenizer.pt', d / 'nano_tokenizer.pt')
-    _save(gen, d / 'nano_generator.pt')
-    info = {k: v for k, v in info.items() if k not in ('scores', 'scores_sampling')}
-    info.update(grec, command=' '.join(sys.argv), generator_device=str(dev),
-                generator_note='generator retrained by benchmarks/bench_generator_steps.py on the shipped tokenizer')
-    (d / 'nano.json').write_text(json.dumps(info, indent=2, default=str))
+               n_train_shapes=info['n_train_shapes'], n_val_shapes=len(val), tokenizer_steps=info.get('tokenizer_steps'))
     (out / f'steps_{steps}.json').write_text(json.dumps(rec))
     return rec
 

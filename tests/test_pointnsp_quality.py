@@ -261,6 +261,44 @@ def test_generator_steps_benchmark_writes_loadable_pairs(tmp_path):
         assert gen.n_classes == len(rec['categories']) and tok.cfg.recon_scale == rec['recon_scale']
 
 
+def test_retrain_generator_keeps_the_tokenizer_and_records_the_generator(tmp_path):
+    "train_pretrained.py --tokenizer-from: a new generator (here 32 wide) beside the pair's own tokenizer, old scores dropped."
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import retrain_generator
+    from nsp_explore.generate import load_generator
+    from nsp_explore.transformer import TransformerConfig
+    src = ROOT / 'data_samples' / 'pretrained'
+    tok, gen, val, rec = retrain_generator(src, 2, tmp_path / 'pair', 'cpu', generator_batch=4, n_train=1, n_val=1,
+                                           gen_cfg=TransformerConfig.preset('nano', d_model=32))
+    d = tmp_path / 'pair'
+    assert (d / 'nano_tokenizer.pt').read_bytes() == (src / 'nano_tokenizer.pt').read_bytes()
+    saved = json.loads((d / 'nano.json').read_text())
+    assert 'scores' not in saved and saved['generator_steps'] == 2 and saved['generator_config']['d_model'] == 32
+    assert saved['tokenizer_steps'] == json.loads((src / 'nano.json').read_text())['tokenizer_steps']
+    assert load_generator(d / 'nano_generator.pt').cfg.d_model == 32 and len(val) == 10
+    retrain_generator(d, 2, d, 'cpu', generator_batch=4, n_train=1, n_val=1)     # in place: the tokenizer file stays
+    assert load_generator(d / 'nano_generator.pt').cfg.d_model == 64 and (d / 'nano_tokenizer.pt').exists()
+
+
+def test_prefix_benchmark_ends_at_the_tokenizer_reconstructions():
+    "bench_prefix: m = 0..K true scales per class; with all K given the set is the tokenizer's own reconstruction."
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from bench_prefix import load_pair, prefix_scores
+    from nsp_explore.data import SyntheticShapes
+    from nsp_explore.metrics import compute_all_metrics
+    tok, gen = load_pair(None)
+    cats, K, n = tok.info['categories'], len(tok.scales), 3
+    rows = prefix_scores(tok, gen, n)
+    assert [(r['category'], r['m']) for r in rows] == [(c, m) for c in cats for m in range(K + 1)]
+    assert all(0 <= r['1-NNA-CD'] <= 1 for r in rows)
+    tr = SyntheticShapes('train', cats, None, n_points=tok.n_points, resample=False)
+    val, test = (SyntheticShapes(s, [cats[0]], n, n_points=tok.n_points, resample=False, normalizer=tr.normalizer) for s in ('val', 'test'))
+    with torch.no_grad(): rec = tok(torch.stack([val[i]['points'] for i in range(n)])).x_hat    # the forward pass, not decode
+    direct = compute_all_metrics(rec, torch.stack([test[i]['points'] for i in range(n)]), tr.normalizer.mean, tr.normalizer.std,
+                                 metrics=('cd',), jsd=False)['1-NNA-CD']
+    assert rows[K]['1-NNA-CD'] == round(float(direct), 4)
+
+
 def test_run_workers_limits_jobs_and_kills_at_the_deadline(tmp_path):
     "The benchmarks' process pool: every command runs with its own log, and one still running at the deadline is killed."
     sys.path.insert(0, str(ROOT / 'benchmarks'))
