@@ -7,7 +7,7 @@ import subprocess, sys
 from pathlib import Path
 
 # Studies that train several models and score them with the full protocol: run them on purpose.
-LONG = {'bench_compare.py', 'bench_cpu_pointflow.py', 'bench_cpu_tour.py', 'bench_vat.py'}
+LONG = {'bench_compare.py', 'bench_cpu_pointflow.py', 'bench_cpu_tour.py', 'bench_generator_steps.py', 'bench_vat.py'}
 
 here = Path(__file__).resolve().parent
 run_long = '--all' in sys.argv
