@@ -19,17 +19,8 @@ from _common import RESULTS, machine, print_table   # noqa: E402  (puts the repo
 import torch
 
 from nsp_explore.data import SyntheticShapes
-from nsp_explore.generate import load_generator, load_pretrained, sample
+from nsp_explore.generate import load_pretrained, sample
 from nsp_explore.metrics import compute_all_metrics
-
-
-def load_pair(d: str | None):
-    "The shipped pair, or the pair folder `d` (as written by scripts/train_pretrained.py) with its record."
-    if d is None: return load_pretrained('nano')
-    from nsp_explore.train_tokenizer import load_tokenizer
-    tok, gen = load_tokenizer(Path(d) / 'nano_tokenizer.pt'), load_generator(Path(d) / 'nano_generator.pt')
-    tok.info = gen.info = json.loads((Path(d) / 'nano.json').read_text())
-    return tok, gen
 
 
 def prefix_scores(tok, gen, n: int, temperature=None) -> list[dict]:
@@ -60,7 +51,7 @@ def main():
     ap.add_argument('--results', default=None)
     a = ap.parse_args()
     t0 = time.time()
-    tok, gen = load_pair(a.dir)
+    tok, gen = load_pretrained('nano', directory=a.dir)
     rows = prefix_scores(tok, gen, a.n)
     K, cats = len(tok.scales), tok.info['categories']
     table = [dict(m=m, fixed=f'scales 1..{m}' if m else 'none (samples)',

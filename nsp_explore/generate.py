@@ -162,14 +162,15 @@ def load_generator(path, map_location='cpu', ema: bool = True) -> ScaleTransform
     if ema and (ck.get('extra') or {}).get('ema') is not None: model.load_state_dict(ck['extra']['ema'])
     return model.to(map_location).eval()
 
-def load_pretrained(name: str = 'nano', map_location='cpu'):
-    """The shipped pretrained pair `(tokenizer, generator)`, in eval mode, from `data_samples/pretrained/`.
-    `tokenizer.info` / `generator.info` hold the record of how it was trained (command, seed, steps, device,
-    times: `scripts/train_pretrained.py` reproduces it) and its measured scores when present."""
+def load_pretrained(name: str = 'nano', map_location='cpu', directory=None):
+    """The shipped pretrained pair `(tokenizer, generator)`, in eval mode, from `data_samples/pretrained/` (or
+    from a pair folder `directory`, as `scripts/train_pretrained.py --out` writes it). `tokenizer.info` /
+    `generator.info` hold the record of how it was trained (command, seed, steps, device, times:
+    `scripts/train_pretrained.py` reproduces it) and its measured scores when present."""
     import json
     from nsp_explore.core import data_samples_dir
     from nsp_explore.train_tokenizer import load_tokenizer
-    d = data_samples_dir() / 'pretrained'
+    d = data_samples_dir() / 'pretrained' if directory is None else Path(directory)
     tp, gp = d / f'{name}_tokenizer.pt', d / f'{name}_generator.pt'
     if not (tp.exists() and gp.exists()):
         have = sorted(p.name[:-len('_tokenizer.pt')] for p in d.glob('*_tokenizer.pt')      # pairs only (a lone

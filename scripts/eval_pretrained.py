@@ -40,13 +40,7 @@ def main():
     ap.add_argument('--no-write', action='store_true', help='do not write the scores into the pair\'s json')
     a = ap.parse_args()
     if a.refs == 'val' and not a.no_recon: ap.error('--refs val scores samples only: add --no-recon')
-    if a.dir:
-        from nsp_explore.generate import load_generator
-        from nsp_explore.train_tokenizer import load_tokenizer
-        d = Path(a.dir)
-        tok, gen = load_tokenizer(d / f'{a.name}_tokenizer.pt'), load_generator(d / f'{a.name}_generator.pt')
-        tok.info = gen.info = json.loads((d / f'{a.name}.json').read_text())
-    else: tok, gen = load_pretrained(a.name)
+    tok, gen = load_pretrained(a.name, directory=a.dir)
     cats, N = tok.info.get('categories'), tok.n_points
     train = SyntheticShapes('train', cats, None, n_points=N, resample=False)            # the training statistics
     mean, std = train.normalizer.mean, train.normalizer.std

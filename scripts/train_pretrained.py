@@ -86,11 +86,11 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
     """Stage two alone: a new generator on the tokenizer of the pair in `pair_dir` (its seed and training shapes),
     saved with that tokenizer and its record (scores dropped: they were the old generator's) as the pair folder
     `out` (may be `pair_dir`). Returns `(tokenizer, generator, val dataset, record)`."""
-    from nsp_explore.train_tokenizer import load_tokenizer
+    from nsp_explore.generate import load_pretrained
     pair_dir, out = Path(pair_dir), Path(out)
     dev = default_device(None if device is None else str(device))
-    info = json.loads((pair_dir / 'nano.json').read_text())
-    tok = load_tokenizer(pair_dir / 'nano_tokenizer.pt').to(dev).eval()
+    tok = load_pretrained('nano', directory=pair_dir)[0].to(dev)
+    info = tok.info
     train, val = tokenizer_datasets(tok.cfg, seed=info.get('seed', 0), n_train=n_train, n_val=n_val)
     gen, grec = train_generator_stage(tok, train, generator_steps, dev, info.get('seed', 0), generator_batch, gen_cfg)
     rec = {k: v for k, v in info.items() if k not in ('scores', 'scores_sampling')}

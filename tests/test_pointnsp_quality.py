@@ -210,7 +210,7 @@ def test_gpu_suite_full_dry_run(tmp_path):
 
 
 # ---- the shipped pretrained pair ---------------------------------------------------------------------------------
-def test_load_pretrained_nano_pair_samples_every_class():
+def test_load_pretrained_nano_pair_samples_every_class(tmp_path):
     from nsp_explore.generate import load_pretrained, sample
     tok, gen = load_pretrained('nano')
     assert not tok.training and not gen.training
@@ -222,6 +222,11 @@ def test_load_pretrained_nano_pair_samples_every_class():
     again = sample(gen, tok, labels=torch.arange(gen.n_classes), seed=0)
     assert torch.equal(out['points'], again['points'])                            # deterministic under a seed
     with pytest.raises(FileNotFoundError, match="available: \\['nano'\\]"): load_pretrained('huge')
+    import shutil                                                                   # a pair folder of one's own
+    shutil.copytree(ROOT / 'data_samples' / 'pretrained', tmp_path / 'pair', ignore=shutil.ignore_patterns('g3pt*'))
+    tok2, gen2 = load_pretrained('nano', directory=tmp_path / 'pair')
+    assert tok2.info == info and torch.equal(sample(gen2, tok2, labels=torch.arange(gen.n_classes), seed=0)['points'], out['points'])
+    with pytest.raises(FileNotFoundError, match="available: none"): load_pretrained('nano', directory=tmp_path / 'nothing')
 
 
 def test_checkpoints_from_before_a_config_field_was_added_still_load(tmp_path):
@@ -283,10 +288,11 @@ def test_retrain_generator_keeps_the_tokenizer_and_records_the_generator(tmp_pat
 def test_prefix_benchmark_ends_at_the_tokenizer_reconstructions():
     "bench_prefix: m = 0..K true scales per class; with all K given the set is the tokenizer's own reconstruction."
     sys.path.insert(0, str(ROOT / 'benchmarks'))
-    from bench_prefix import load_pair, prefix_scores
+    from bench_prefix import prefix_scores
+    from nsp_explore.generate import load_pretrained
     from nsp_explore.data import SyntheticShapes
     from nsp_explore.metrics import compute_all_metrics
-    tok, gen = load_pair(None)
+    tok, gen = load_pretrained('nano')
     cats, K, n = tok.info['categories'], len(tok.scales), 3
     rows = prefix_scores(tok, gen, n)
     assert [(r['category'], r['m']) for r in rows] == [(c, m) for c in cats for m in range(K + 1)]
