@@ -23,10 +23,10 @@ from nsp_explore.generate import load_pretrained, sample
 from nsp_explore.metrics import compute_all_metrics
 
 
-def prefix_scores(tok, gen, n: int, temperature=None) -> list[dict]:
+def prefix_scores(tok, gen, n: int) -> list[dict]:
     "Rows {category, m, 1-NNA-CD} for m = 0..K (m fixed true scales of validation shapes, the rest sampled)."
     cats, N, K = tok.info['categories'], tok.n_points, len(tok.scales)
-    T = temperature if temperature is not None else tok.info.get('sampling', {}).get('temperature', 1.0)
+    T = tok.info.get('sampling', {}).get('temperature', 1.0)                  # the pair's own setting
     train = SyntheticShapes('train', cats, None, n_points=N, resample=False)
     mean, std = train.normalizer.mean, train.normalizer.std
     rows = []

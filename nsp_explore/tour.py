@@ -208,9 +208,9 @@ def recon_scale_text(scale: float, far: float = 1.25) -> str:
     s = (f' Its decoded clouds are scaled by {scale:.3f} about their centroid (`recon_scale`, fitted on the training '
          'shapes by `calibrate_recon_scale`: a raw decoder shrinks its clouds, and 1-NNA sees it; lesson 08a).')
     if max(scale, 1 / scale) > far:
-        s += (f' A factor this far from 1 means the tokenizer is under-trained: its decoder still pulls points '
-              f'towards the centre (a well-trained one needs a factor within a few percent of 1), so the calibration stretches '
-              f'noise too, and scaled clouds can leave the unit cube (the JSD score warns). Train longer for real results.')
+        s += (' A factor this far from 1 means the tokenizer is under-trained: its decoder still pulls points '
+              'towards the centre (a well-trained one needs a factor within a few percent of 1), so the calibration stretches '
+              'noise too, and scaled clouds can leave the unit cube (the JSD score warns). Train longer for real results.')
     return s
 
 def _stage_tokenizer(cfg: TourConfig, rep: Report, tok_cfg, train, val, device, paths: dict, pair=None):
