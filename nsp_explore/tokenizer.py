@@ -427,6 +427,11 @@ class PointNSPTokenizer(nn.Module):
             self.norm_mean.copy_(normalizer.mean.reshape(1, 3)); self.norm_std.copy_(normalizer.std.reshape(1, 1))
         return self
 
+    def normalizer(self) -> Normalizer:
+        "The recorded frame as a `data.Normalizer` (the inverse of `set_frame`): to build more data in that frame."
+        if self.cfg.frame != 'global': return Normalizer(self.cfg.frame)
+        return Normalizer('global', self.norm_mean.detach().cpu().clone(), self.norm_std.detach().cpu().clone())
+
     def to_frame(self, points) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw clouds `(B, N, 3)` or `(N, 3)` -> `(x (B, N, 3), mean (B, 1, 3), std (B, 1, 1))` in the training frame:
         the stored global statistics for `frame='global'`, each cloud's own for the per-shape modes."""

@@ -26,19 +26,25 @@ __all__ = ['TOKENIZER_TRAIN', 'tokenizer_datasets', 'tokenizer_loss', 'tokenizer
 # %% ../nbs/08a_train_tokenizer.ipynb #9bdc4af0
 def tokenizer_datasets(cfg: TokenizerConfig | str = 'nano', n_train: int | None = None, n_val: int | None = None,
                        categories=None, seed: int = 0, cache_dir=None, verbose: bool = False,
-                       n_trajectories: int | None = None):
+                       n_trajectories: int | None = None, normalizer=None):
     """(train, val) `LoDDataset`s of `SyntheticShapes` for tokenizer `cfg`: `n_points = cfg.n_points`,
     LoD scales = token scales + (N,), `n_train` / `n_val` shapes per category (data defaults when None).
     The train set holds `n_trajectories` (default `cfg.fps_trajectories`) LoD trees per shape, one from the
     centroid start and the rest from random starts, and serves a random one per access: PointNSP's FPS
-    augmentation (the same shape, several nested coarse-to-fine orders). Validation uses the centroid tree."""
+    augmentation (the same shape, several nested coarse-to-fine orders). Validation uses the centroid tree.
+    `normalizer`: a fitted `data.Normalizer` for both splits (e.g. a trained tokenizer's frame, `tokenizer.normalizer()`,
+    when its generator trains on more shapes than it saw); by default fitted on the training shapes."""
     cfg = TokenizerConfig.preset(cfg) if isinstance(cfg, str) else cfg
     T = cfg.fps_trajectories if n_trajectories is None else int(n_trajectories)
     lod_scales = cfg.scales + ((cfg.n_points,) if cfg.points_per_leaf > 1 else ())
-    tr = SyntheticShapes('train', categories, n_train, n_points=cfg.n_points, seed=seed, resample=False, cache_dir=cache_dir)
+    tr = SyntheticShapes('train', categories, n_train, n_points=cfg.n_points, seed=seed, resample=False, cache_dir=cache_dir,
+                         normalizer=normalizer)
     va = SyntheticShapes('val', categories, n_val, n_points=cfg.n_points, seed=seed, resample=False,
                          normalizer=tr.normalizer, cache_dir=cache_dir)
-    key = lambda name, n, t: f"lod_{name}{n}_{cfg.n_points}_{'-'.join(map(str, lod_scales))}_T{t}_seed{seed}_{len(tr.categories)}cats.pt"
+    stats = lambda n: [] if n.mean is None else torch.cat([n.mean.flatten(), n.std.flatten()]).tolist()
+    frame = '' if normalizer is None else f'_frame{normalizer.mode}' + '-'.join(f'{v:.6g}' for v in stats(normalizer))
+    key = lambda name, n, t: (f"lod_{name}{n}_{cfg.n_points}_{'-'.join(map(str, lod_scales))}_T{t}_seed{seed}"
+                              f"_{len(tr.categories)}cats{frame}.pt")
     lod_cache = lambda name, n, t: None if cache_dir is None else Path(cache_dir) / key(name, n, t)
     return (LoDDataset(tr, lod_scales, n_trajectories=T, seed=seed, verbose=verbose, cache_path=lod_cache('train', n_train, T)),
             LoDDataset(va, lod_scales, verbose=verbose, cache_path=lod_cache('val', n_val, 1)))

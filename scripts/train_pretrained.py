@@ -82,19 +82,23 @@ def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 
 
 
 def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=None, generator_batch: int = 64, gen_cfg=None,
-                      n_train: int | None = None, n_val: int | None = None, command: str | None = None):
-    """Stage two alone: a new generator on the tokenizer of the pair in `pair_dir` (its seed and training shapes),
-    saved with that tokenizer and its record (scores dropped: they were the old generator's) as the pair folder
-    `out` (may be `pair_dir`). Returns `(tokenizer, generator, val dataset, record)`."""
+                      n_train: int | None = None, n_val: int | None = None, command: str | None = None,
+                      seed: int | None = None):
+    """Stage two alone: a new generator on the tokenizer of the pair in `pair_dir` (its seed and training shapes;
+    `n_train` shapes per category instead of the data default, built in the tokenizer's frame; a generator `seed`
+    other than the pair's), saved with that tokenizer and its record (scores dropped: they were the old generator's)
+    as the pair folder `out` (may be `pair_dir`). Returns `(tokenizer, generator, val dataset, record)`."""
     from nsp_explore.generate import load_pretrained
     pair_dir, out = Path(pair_dir), Path(out)
     dev = default_device(None if device is None else str(device))
     tok = load_pretrained('nano', directory=pair_dir)[0].to(dev)
     info = tok.info
-    train, val = tokenizer_datasets(tok.cfg, seed=info.get('seed', 0), n_train=n_train, n_val=n_val)
-    gen, grec = train_generator_stage(tok, train, generator_steps, dev, info.get('seed', 0), generator_batch, gen_cfg)
+    train, val = tokenizer_datasets(tok.cfg, seed=info.get('seed', 0), n_train=n_train, n_val=n_val,
+                                    normalizer=tok.normalizer())     # the tokenizer's frame, whatever n_train is
+    gen_seed = info.get('seed', 0) if seed is None else int(seed)
+    gen, grec = train_generator_stage(tok, train, generator_steps, dev, gen_seed, generator_batch, gen_cfg)
     rec = {k: v for k, v in info.items() if k not in ('scores', 'scores_sampling')}
-    rec.update(grec, generator_command=command or ' '.join(sys.argv), generator_device=str(dev),
+    rec.update(grec, generator_seed=gen_seed, generator_command=command or ' '.join(sys.argv), generator_device=str(dev),
                generator_config={k: v for k, v in gen.cfg.to_dict().items()
                                  if k not in ('tokenizer_dim', 'scales', 'n_classes', 'codebook_size')})
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,7 @@ if __name__ == '__main__':
     ap.add_argument('--generator-steps', type=int, default=3000)
     ap.add_argument('--out', default='data_samples/pretrained')
     ap.add_argument('--device', default=None)
-    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--seed', type=int, default=None, help='the seed (default 0; with --tokenizer-from: the pair\'s own)')
     ap.add_argument('--scales', default=None, help="token scales, e.g. 1,4,16,64,256 (the finest = the full cloud: "
                     "benchmarks/ablate_tokenizer.py measured it far better than nano's 64 leaves of 4 points)")
     ap.add_argument('--sibling-slots', action='store_true', help="the decoder knows each node's slot in its family "
@@ -127,16 +131,19 @@ if __name__ == '__main__':
     ap.add_argument('--val-every', type=int, default=0, help='validation Chamfer every this many tokenizer steps (recorded)')
     ap.add_argument('--generator-width', type=int, default=None, help="the generator's d_model (nano preset: 64)")
     ap.add_argument('--tokenizer-from', default=None, help='a pair folder: keep its tokenizer, train only a new generator '
-                    '(the tokenizer options above are then ignored)')
+                    '(the tokenizer options above are then ignored; --seed seeds the new generator)')
+    ap.add_argument('--n-train', type=int, default=None, help='training shapes per category (data default: 40); with '
+                    '--tokenizer-from the tokenizer keeps its own training, only the generator sees the extra shapes')
     a = ap.parse_args()
     gen_cfg = None if a.generator_width is None else TransformerConfig.preset('nano', d_model=a.generator_width)
     if a.tokenizer_from:
-        rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg)[3]
+        rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg,
+                                n_train=a.n_train, seed=a.seed)[3]
         print(json.dumps(rec, indent=2, default=str)); sys.exit()
     over = {} if a.scales is None else dict(scales=tuple(int(s) for s in a.scales.split(',')))
     if a.sibling_slots: over['sibling_slots'] = True
     if a.fixed_norm: over['norm_affine'] = False
     tok_cfg = TokenizerConfig.preset('nano', **over)
-    print(json.dumps(train_pair(a.tokenizer_steps, a.generator_steps, Path(a.out), a.device, a.seed, tok_cfg=tok_cfg,
-                                gen_cfg=gen_cfg, val_every=a.val_every),
+    print(json.dumps(train_pair(a.tokenizer_steps, a.generator_steps, Path(a.out), a.device, a.seed or 0, tok_cfg=tok_cfg,
+                                gen_cfg=gen_cfg, val_every=a.val_every, n_train=a.n_train),
                      indent=2, default=str))

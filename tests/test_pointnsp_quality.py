@@ -281,8 +281,13 @@ def test_retrain_generator_keeps_the_tokenizer_and_records_the_generator(tmp_pat
     assert 'scores' not in saved and saved['generator_steps'] == 2 and saved['generator_config']['d_model'] == 32
     assert saved['tokenizer_steps'] == json.loads((src / 'nano.json').read_text())['tokenizer_steps']
     assert load_generator(d / 'nano_generator.pt').cfg.d_model == 32 and len(val) == 10
-    retrain_generator(d, 2, d, 'cpu', generator_batch=4, n_train=1, n_val=1)     # in place: the tokenizer file stays
-    assert load_generator(d / 'nano_generator.pt').cfg.d_model == 64 and (d / 'nano_tokenizer.pt').exists()
+    # the data is built in the tokenizer's frame, not refitted on the (here 10) training shapes
+    assert torch.equal(val.dataset.normalizer.mean, tok.norm_mean.cpu()) and torch.equal(val.dataset.normalizer.std, tok.norm_std.cpu())
+    assert saved['generator_seed'] == json.loads((src / 'nano.json').read_text())['seed']
+    retrain_generator(d, 2, d, 'cpu', generator_batch=4, n_train=1, n_val=1, seed=3)   # in place: the tokenizer file stays
+    g = load_generator(d / 'nano_generator.pt')
+    assert g.cfg.d_model == 64 and (d / 'nano_tokenizer.pt').exists()
+    assert json.loads((d / 'nano.json').read_text())['generator_seed'] == 3
 
 
 def test_prefix_benchmark_ends_at_the_tokenizer_reconstructions():
