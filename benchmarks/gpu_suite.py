@@ -1,6 +1,6 @@
 """The GPU suite: everything a lent GPU should measure, in one command that fits one short call.
 
-    python benchmarks/gpu_suite.py               # on a CUDA machine: ~6 minutes on one H100/H200
+    python benchmarks/gpu_suite.py               # on a CUDA machine: ~7 minutes on one H100 (see below)
     python benchmarks/gpu_suite.py --dry-run     # on a CPU: nano sizes, seconds (what the tests run)
 
 Sections, in this order (each timed, each failure recorded rather than fatal, results rewritten after every section):
@@ -15,6 +15,11 @@ Sections, in this order (each timed, each failure recorded rather than fatal, re
   soft_mask       ablation none / fixed / learned soft mask on the nano pair's tokens (validation loss)
   pointnsp_s      a short PointNSP-s training of both networks, per-scale reconstruction CD
 Writes benchmarks/results/gpu_suite_<device>.json (and a copy under $OUT when that is set).
+
+Time on the last H100 (2026-11-27, gpu_suite_cuda.json + gpu_suite_pointnsp_s_cuda.json): 512 s in all, with training
+budgets 150 / 36 / 60 s (nano_pretrained / soft_mask / pointnsp_s); the four CUDA tests took 106 s, the transformer
+section 86 s. The budgets are now 90 / 24 / 40 s, about 90 s less by that run's overheads (not yet measured on a GPU);
+`--budget-scale 0.5` halves them for a rerun. The pytest call reports its slowest tests, to find the rest.
 """
 from __future__ import annotations
 import argparse, copy, json, os, shutil, subprocess, sys, time, traceback
@@ -45,9 +50,9 @@ def timed_fit(make_model, data, loss_fn, budget_s: float, device, probe: int = 8
 
 def sec_cuda_tests(a, dev):
     if dev.type != 'cuda': return [dict(note='no CUDA: skipped')]
-    r = subprocess.run([sys.executable, '-m', 'pytest', 'tests', '-q', '-m', 'cuda', '-p', 'no:cacheprovider'],
+    r = subprocess.run([sys.executable, '-m', 'pytest', 'tests', '-q', '-m', 'cuda', '-p', 'no:cacheprovider', '--durations=6'],
                        cwd=ROOT, capture_output=True, text=True, timeout=a.test_timeout)
-    tail = (r.stdout + r.stderr).strip().splitlines()[-15:]
+    tail = (r.stdout + r.stderr).strip().splitlines()[-25:]               # with the slowest tests' durations
     return [dict(returncode=r.returncode, summary=tail[-1] if tail else '', tail='\n'.join(tail))]
 
 
@@ -231,8 +236,8 @@ def sec_soft_mask(a, dev):
 # order: the CUDA tests (the check worth most), the cheap measurements, the step profile, then the pretrained pair,
 # its ablation, PointNSP-s
 SECTIONS = dict(cuda_tests=(sec_cuda_tests, 0), lod=(sec_lod, 0), metrics=(sec_metrics, 0), transformer=(sec_transformer, 0),
-                profile=(sec_profile, 0), nano_pretrained=(sec_nano_pretrained, 150),
-                soft_mask=(sec_soft_mask, 36), pointnsp_s=(sec_pointnsp_s, 60))
+                profile=(sec_profile, 0), nano_pretrained=(sec_nano_pretrained, 90),
+                soft_mask=(sec_soft_mask, 24), pointnsp_s=(sec_pointnsp_s, 40))
 
 
 def main():
