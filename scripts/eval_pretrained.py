@@ -42,8 +42,10 @@ def main():
     if a.refs == 'val' and not a.no_recon: ap.error('--refs val scores samples only: add --no-recon')
     tok, gen = load_pretrained(a.name, directory=a.dir)
     cats, N = tok.info.get('categories'), tok.n_points
-    train = SyntheticShapes('train', cats, None, n_points=N, resample=False)            # the training statistics
-    mean, std = train.normalizer.mean, train.normalizer.std
+    frame = tok.normalizer()                                          # the training data's statistics, from the checkpoint
+    mean, std = frame.mean, frame.std
+    n_gen = tok.info.get('n_train_shapes')                            # the generator's training shapes (all classes), if recorded
+    n_gen = None if n_gen is None else int(n_gen) // len(cats)       # per class (None: the data default)
     rows, t0 = [], time.time()
     mixed_s, mixed_r = [], []
     metrics = tuple(a.metrics.split(','))
@@ -52,11 +54,11 @@ def main():
               top_k=a.top_k, top_p=a.top_p, cfg_scale=1.0 if a.cfg is None else a.cfg)
     print('sampling:', kw, flush=True)
     for c, cat in enumerate(cats):
-        test = SyntheticShapes(a.refs, [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
-        val = SyntheticShapes('val', [cat], a.n, n_points=N, resample=False, normalizer=train.normalizer)
+        test = SyntheticShapes(a.refs, [cat], a.n, n_points=N, resample=False, normalizer=frame)
+        val = SyntheticShapes('val', [cat], a.n, n_points=N, resample=False, normalizer=frame)
         refs = torch.stack([test[i]['points'] for i in range(len(test))])
-        tr_c = SyntheticShapes('train', [cat], None, n_points=N, resample=False, normalizer=train.normalizer)
-        tr_c = torch.stack([tr_c[i]['points'] for i in range(len(tr_c))])          # this class's training shapes
+        tr_c = SyntheticShapes('train', [cat], n_gen, n_points=N, resample=False, normalizer=frame)
+        tr_c = torch.stack([tr_c[i]['points'] for i in range(len(tr_c))])          # this class's generator training shapes
         smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c, **kw)['points']
         with torch.no_grad(): rec = None if a.no_recon else tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
         ref_m = None
