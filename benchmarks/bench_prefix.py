@@ -27,11 +27,11 @@ def prefix_scores(tok, gen, n: int) -> list[dict]:
     "Rows {category, m, 1-NNA-CD} for m = 0..K (m fixed true scales of validation shapes, the rest sampled)."
     cats, N, K = tok.info['categories'], tok.n_points, len(tok.scales)
     T = tok.info.get('sampling', {}).get('temperature', 1.0)                  # the pair's own setting
-    train = SyntheticShapes('train', cats, None, n_points=N, resample=False)
-    mean, std = train.normalizer.mean, train.normalizer.std
+    frame = tok.normalizer()                                                   # the training data's statistics
+    mean, std = frame.mean, frame.std
     rows = []
     for c, cat in enumerate(cats):
-        val, test = (SyntheticShapes(s, [cat], n, n_points=N, resample=False, normalizer=train.normalizer) for s in ('val', 'test'))
+        val, test = (SyntheticShapes(s, [cat], n, n_points=N, resample=False, normalizer=frame) for s in ('val', 'test'))
         refs = torch.stack([test[i]['points'] for i in range(len(test))])
         with torch.no_grad(): idx, _ = tok.encode(torch.stack([val[i]['points'] for i in range(len(val))]))
         ref_m = None
