@@ -5,7 +5,8 @@
 
 (the shipped tokenizer's command: 46 minutes on 2 CPU cores with short jobs beside it at times; the pair before it,
 1 500 tokenizer steps, took 11 + 18.5 minutes on 2 idle cores). The shipped generator was then retrained on that
-tokenizer, twice as wide and on four times the shapes (59 minutes on 2 cores; `"generator_command"` in nano.json):
+tokenizer, twice as wide and on four times the shapes (59 minutes on 2 cores; `"generator_command"` in nano.json
+records the run, made into a scratch folder whose generator and record were then copied here):
 
     python scripts/train_pretrained.py --tokenizer-from data_samples/pretrained --generator-width 128 --n-train 160 \
         --generator-steps 2000 --out data_samples/pretrained
