@@ -300,11 +300,12 @@ def test_make_samples_regenerates_byte_for_byte(tmp_path):
 
 
 def test_data_samples_small():
-    "The shipped data stays small: ~6.1 MB of shapes and PC15k samples, plus the pretrained models (the 2.4 MB nano pair, the 1.4 MB G3PT tokenizer)."
+    """The shipped data stays small: ~6.1 MB of shapes and PC15k samples, plus the pretrained models (the 4.9 MB nano
+    pair, whose d_model 128 generator is 3.4 MB in float32; the 1.4 MB G3PT tokenizer): 6.3 MB, capped at 7 MB."""
     files = [p for p in data_samples_dir().rglob('*') if p.is_file()]
     total = sum(p.stat().st_size for p in files)
     pretrained = sum(p.stat().st_size for p in files if 'pretrained' in p.parts)
-    assert total - pretrained < 8e6 and pretrained < 5e6, (total, pretrained)
+    assert total - pretrained < 8e6 and pretrained < 7e6, (total, pretrained)
 
 
 def test_normalizer_repr_is_short():
