@@ -6,7 +6,7 @@ Same held-out shapes (the test split of the pretrained pair's 10 categories, 10 
 256 points, same global normalization (the pretrained pair's statistics), one class-conditional sample per
 test shape (same labels), the same `compute_all_metrics` (de-normalized, `--emd` solver), same device.
 PointNSP is the shipped pretrained pair (`load_pretrained('nano')`, its training time is the one recorded
-when it was made), scored at T = 1 and at its recorded per-scale temperatures; the masked and flat models are
+when it was made), scored at T = 1 and at its recorded sampling setting (per-scale temperatures, top-p); the masked and flat models are
 trained here, briefly (at T = 1). `--next-scale-only` redoes only the pair's rows in the existing results file
 (after the shipped pair changed), keeping the other rows and saying so in the file. A 'real shapes' row (validation
 shapes against the test shapes) is the ideal. Also: transformer calls per shape, sampling wall time at
@@ -76,14 +76,15 @@ def token_ar_row(a, tok, gen, cats, N, norm, labels) -> dict:
 
 
 def next_scale_rows(a, tok, gen, labels, refs, norm, FIG_IDX) -> tuple[list, dict]:
-    "The shipped pair's rows (at T = 1 and at its recorded per-scale temperatures): sampled, timed and scored here."
+    "The shipped pair's rows (at T = 1 and at its recorded sampling setting): sampled, timed and scored here."
     rows, figs, ref_m = [], {}, None
-    settings = {'T = 1': 1.0}
-    if gen.info.get('sampling', {}).get('temperature') not in (None, 1.0): settings['per-scale T'] = gen.info['sampling']['temperature']
-    for tag, T in settings.items():
-        smp, _ = timed(lambda: sample(gen, tok, labels=labels, seed=0, temperature=T)['points'])
-        _, t1 = timed(lambda: sample(gen, tok, labels=labels[:1], seed=1, temperature=T), repeat=3)
-        _, t64b = timed(lambda: sample(gen, tok, labels=labels[:64], seed=2, temperature=T))
+    settings = {'T = 1': dict(temperature=1.0)}
+    own = gen.info.get('sampling', {})                              # {'temperature': one per scale, 'top_p': one per scale}
+    if own.get('temperature', 1.0) != 1.0 or own.get('top_p') is not None: settings['tuned sampling'] = dict(own)
+    for tag, kw in settings.items():
+        smp, _ = timed(lambda: sample(gen, tok, labels=labels, seed=0, **kw)['points'])
+        _, t1 = timed(lambda: sample(gen, tok, labels=labels[:1], seed=1, **kw), repeat=3)
+        _, t64b = timed(lambda: sample(gen, tok, labels=labels[:64], seed=2, **kw))
         m = compute_all_metrics(smp, refs, norm.mean, norm.std, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
         ref_m = m.pop('matrices')
         name = f'next-scale (PointNSP, {tag})'
@@ -91,12 +92,19 @@ def next_scale_rows(a, tok, gen, labels, refs, norm, FIG_IDX) -> tuple[list, dic
                          sample_s_b1=round(t1, 4), sample_s_b64_per_shape=round(t64b / 64, 5),
                          train_s=round(gen.info['tokenizer_s'] + gen.info['generator_s'], 1), params=n_params(tok, gen),
                          params_generator=n_params(gen), final_loss=gen.info.get('generator_loss'),
-                         evals_note=f'{len(tok.scales)} transformer calls (+ {len(tok.scales)} tokenizer decodes); temperature {T}',
+                         evals_note=f'{len(tok.scales)} transformer calls (+ {len(tok.scales)} tokenizer decodes); sampling {kw}',
                          train_note=f"recorded when made ({gen.info['tokenizer_steps']} tokenizer + {gen.info['generator_steps']} "
                                     f"generator steps, {gen.info.get('device', 'cpu')}; token scales {tuple(tok.scales)})"))
         figs[name] = pack(smp[FIG_IDX])
         print(rows[-1], flush=True)
     return rows, figs
+
+
+def retire_rows(meta: dict, models: list[str]):
+    "Earlier updates' rows that are no longer in the table (dropped or renamed since) move to their `rows_retired`."
+    for u in meta.get('updates', []):
+        gone = [m for m in u['rows'] if m not in models]
+        if gone: u['rows'] = [m for m in u['rows'] if m in models]; u['rows_retired'] = u.get('rows_retired', []) + gone
 
 
 def update_next_scale(a, tok, gen, labels, refs, norm, FIG_IDX):
@@ -115,11 +123,12 @@ def update_next_scale(a, tok, gen, labels, refs, norm, FIG_IDX):
             fig = old['meta']['fig_samples'].pop(r['model'])
             r = {**r, 'model': f'next-scale (PointNSP, {a.previous_label}, T = 1)'}
             old['meta']['fig_samples'][r['model']] = fig
-        elif r['model'].startswith('next-scale (PointNSP, T') or r['model'].startswith('next-scale (PointNSP, per'):
+        elif r['model'].startswith(tuple(f'next-scale (PointNSP, {t}' for t in ('T', 'per-scale T', 'tuned'))):
             old['meta']['fig_samples'].pop(r['model'], None); continue
         kept.append(r)
     old['rows'] = new_rows + kept
     old['meta']['fig_samples'].update(figs)
+    retire_rows(old['meta'], [r['model'] for r in old['rows']])
     old['meta'].setdefault('updates', []).append(dict(
         date=time.strftime('%Y-%m-%d %H:%M:%S'), rows=[r['model'] for r in new_rows], loadavg_start=load0, loadavg_end=os.getloadavg()[0],
         note='bench_compare.py --next-scale-only: the shipped pair\'s rows sampled and scored again (same test shapes, labels, '
@@ -142,7 +151,7 @@ def main():
     ap.add_argument('--resume', action='store_true')
     ap.add_argument('--token-ar-steps', type=int, default=2000, help="TokenAR (PointNSP's tokens one at a time) steps; 0 leaves it out")
     ap.add_argument('--previous-label', default=None, help="with --next-scale-only: keep the replaced pair's T = 1 row, "
-                    "renamed 'next-scale (PointNSP, <label>, T = 1)' (its per-scale-T row is dropped)")
+                    "renamed 'next-scale (PointNSP, <label>, T = 1)' (its tuned-sampling row is dropped)")
     ap.add_argument('--next-scale-only', action='store_true', help="redo only the shipped pair's rows in the existing "
                     "compare_cpu.json (after the pair changed), keeping the other rows")
     a = ap.parse_args()

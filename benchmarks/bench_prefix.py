@@ -4,7 +4,7 @@
     python benchmarks/bench_prefix.py --dir D --n 8        # another pair folder (train_pretrained.py), smaller
 
 For each category: the tokens of `--n` validation shapes; for m = 0 .. K the first m scales are kept and the
-generator samples the rest at the pair's own temperatures (m = 0: plain samples; m = K: the tokenizer's
+generator samples the rest at the pair's own sampling setting (m = 0: plain samples; m = K: the tokenizer's
 reconstructions, nothing sampled). Each set is scored against `--n` test shapes of the class with 1-NNA-CD
 (de-normalized, 256 points), the per-category protocol of scripts/eval_pretrained.py. Where the score jumps
 between m and m + 1, the generator's guesses at scale m + 1 cost the most. Writes
@@ -26,7 +26,7 @@ from nsp_explore.metrics import compute_all_metrics
 def prefix_scores(tok, gen, n: int) -> list[dict]:
     "Rows {category, m, 1-NNA-CD} for m = 0..K (m fixed true scales of validation shapes, the rest sampled)."
     cats, N, K = tok.info['categories'], tok.n_points, len(tok.scales)
-    T = tok.info.get('sampling', {}).get('temperature', 1.0)                  # the pair's own setting
+    own = dict(tok.info.get('sampling', {}))                                   # the pair's own setting (temperature, top_p)
     frame = tok.normalizer()                                                   # the training data's statistics
     mean, std = frame.mean, frame.std
     rows = []
@@ -37,7 +37,7 @@ def prefix_scores(tok, gen, n: int) -> list[dict]:
         ref_m = None
         for m in range(K + 1):
             X = tok.decode(idx)['points'] if m == K else \
-                sample(gen, tok, labels=torch.full((len(val),), c), temperature=T, seed=c, fixed_indices=idx[:m] or None)['points']
+                sample(gen, tok, labels=torch.full((len(val),), c), **own, seed=c, fixed_indices=idx[:m] or None)['points']
             r = compute_all_metrics(X, refs, mean, std, metrics=('cd',), jsd=False, return_matrices=True, ref_matrices=ref_m)
             ref_m = r.pop('matrices')                                   # the test-vs-test distances are computed once
             rows.append(dict(category=cat, m=m, **{'1-NNA-CD': round(float(r['1-NNA-CD']), 4)}))

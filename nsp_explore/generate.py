@@ -20,8 +20,8 @@ from .train import CheckpointError, TrainConfig, checkpoint_for, fit, load_check
 # %% auto #0
 __all__ = ['GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config', 'train_generator',
            'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine',
-           'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_logits', 'sample', 'sampling_slider',
-           'token_map_fig', 'class_gallery', 'complete', 'completion_fig']
+           'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits', 'sample',
+           'sampling_slider', 'token_map_fig', 'class_gallery', 'complete', 'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -253,8 +253,9 @@ def _check_sample_args(n, temperature, top_k, top_p, cfg_scale, batch_size):
         raise ValueError(f"sample: temperature must be a finite number > 0 (or one per scale), got {temperature!r}")
     if top_k is not None and not (_is_int(top_k) and top_k >= 1):
         raise ValueError(f"sample: top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and not (_is_num(top_p) and 0 < float(top_p) <= 1):
-        raise ValueError(f"sample: top_p must be None or a number in (0, 1], got {top_p!r}")
+    tops = list(top_p) if isinstance(top_p, (list, tuple)) else [top_p]
+    if not tops or not all(p is None or (_is_num(p) and 0 < float(p) <= 1) for p in tops):
+        raise ValueError(f"sample: top_p must be None or a number in (0, 1] (or one per scale), got {top_p!r}")
     if not (_is_num(cfg_scale) and math.isfinite(float(cfg_scale))):
         raise ValueError(f"sample: cfg_scale must be a finite number, got {cfg_scale!r}")
 
@@ -264,6 +265,13 @@ def scale_temperatures(temperature, K: int) -> list[float]:
         if len(temperature) != K: raise ValueError(f"sample: {len(temperature)} temperatures for {K} scales (give one per scale, or one number)")
         return [float(t) for t in temperature]
     return [float(temperature)] * K
+
+def scale_top_p(top_p, K: int) -> list[float | None]:
+    "One nucleus mass per scale, like `scale_temperatures` (None or 1 = no filtering at that scale)."
+    if isinstance(top_p, (list, tuple)):
+        if len(top_p) != K: raise ValueError(f"sample: {len(top_p)} top_p values for {K} scales (give one per scale, or one value)")
+        return [None if p is None else float(p) for p in top_p]
+    return [None if top_p is None else float(top_p)] * K
 
 def _sample_labels(model, n, labels, device) -> torch.Tensor:
     "Labels `(B,)` for sampling: given ones, one class repeated `n` times, or the null class (unconditional)."
@@ -326,12 +334,13 @@ def _sample_batch(model, tokenizer, labels, fixed, cfg_scale, pick, use_cache=Tr
 
 @torch.no_grad()
 def sample(model, tokenizer, n: int | None = None, labels=None, temperature: float | Sequence[float] = 1.0, top_k: int | None = None,
-           top_p: float | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
+           top_p: float | Sequence[float | None] | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
            seed: int | None = None, fixed_indices=None, batch_size: int = 64, use_cache: bool = True) -> dict:
     """Sample shapes coarse to fine.
 
     `labels`: None (unconditional), one class id (with `n`), or `(B,)` class ids. `temperature`: one number, or
-    one per scale (e.g. cooler at the fine scales, whose tokens a small model predicts worst). `cfg_scale`: guidance
+    one per scale (e.g. cooler at the fine scales, whose tokens a small model predicts worst); `top_p` likewise
+    (None at a scale: no nucleus filtering there). `cfg_scale`: guidance
     weight (1 = plain conditional; > 1 stronger class; needs a conditional model). `fixed_indices`:
     token maps of the first m scales to keep (completion / upsampling). `use_cache=False` recomputes
     every prefix (the slow reference). Returns dict with
@@ -342,8 +351,8 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     labels = _sample_labels(model, n, labels, device)
     fixed = _check_fixed(tokenizer, fixed_indices, len(labels), device)
     if generator is None: generator = torch.Generator(device).manual_seed(0 if seed is None else seed)
-    temps = scale_temperatures(temperature, len(tokenizer.scales))
-    pick = lambda logits, k: sample_logits(logits, temps[k], top_k, top_p, generator)
+    temps, tops = scale_temperatures(temperature, len(tokenizer.scales)), scale_top_p(top_p, len(tokenizer.scales))
+    pick = lambda logits, k: sample_logits(logits, temps[k], top_k, tops[k], generator)
     guided = cfg_scale != 1.0
     if guided and model.n_classes == 0: raise ValueError("cfg_scale != 1 needs a class-conditional model")
     modes = model.training, tokenizer.training

@@ -28,8 +28,8 @@ from .generate import (cache_tokens, generator_train_config, train_generator, sa
 import nsp_explore.generate as gen
 
 # %% auto #0
-__all__ = ['TourConfig', 'tour_tokenizer_config', 'sampling_temperature', 'run_keys', 'run_paths', 'recon_scale_text',
-           'check_output_paths', 'cpu_threads', 'run_tour', 'main']
+__all__ = ['TourConfig', 'tour_tokenizer_config', 'sampling_temperature', 'sampling_top_p', 'run_keys', 'run_paths',
+           'recon_scale_text', 'check_output_paths', 'cpu_threads', 'run_tour', 'main']
 
 # %% ../nbs/11_tour.ipynb #b205d44d
 @dataclass
@@ -45,7 +45,7 @@ class TourConfig(Config):
     emd: str = 'exact'                     # EMD solver for the scores: 'exact' (Hungarian; fast at nano's 256 points) | 'auction'
     pretrained: str | None = None          # load this shipped pair (generate.load_pretrained) instead of training
     temperature: float | tuple | None = None  # one number or one per token scale; None: the pretrained pair's setting, else 1
-    top_p: float | None = None
+    top_p: float | None = None               # nucleus mass at every scale; None: the pretrained pair's setting, else none
     seed: int = 0
     g3pt: bool = True                      # the G3PT section: the shipped G3PT tokenizer reconstructs a few shapes
 
@@ -101,6 +101,11 @@ def sampling_temperature(cfg: TourConfig, info: dict | None = None):
     "The tour's sampling temperature: `cfg.temperature`, else the pretrained pair's recorded setting, else 1."
     if cfg.temperature is not None: return list(cfg.temperature) if isinstance(cfg.temperature, tuple) else cfg.temperature
     return (info or {}).get('sampling', {}).get('temperature', 1.0) if cfg.pretrained else 1.0
+
+def sampling_top_p(cfg: TourConfig, info: dict | None = None):
+    "The tour's nucleus mass: `cfg.top_p`, else the pretrained pair's recorded setting (one per scale), else None."
+    if cfg.top_p is not None: return cfg.top_p
+    return (info or {}).get('sampling', {}).get('top_p') if cfg.pretrained else None
 
 def run_keys(cfg: TourConfig) -> dict:
     "Everything the tour's trained tokenizer and generator depend on, as plain dicts `{'tokenizer': ..., 'generator': ...}`."
@@ -281,13 +286,15 @@ def _stage_sampling(cfg: TourConfig, rep: Report, model, tok, test, cats, device
     "Coarse-to-fine samples (one per test shape, same classes), gallery, token maps, completion."
     labels = test.labels.to(device)
     with Timer() as t:
-        temperature = sampling_temperature(cfg, getattr(tok, 'info', None))
-        out = sample(model, tok, labels=labels, temperature=temperature, top_p=cfg.top_p, seed=cfg.seed)
+        temperature, top_p = sampling_temperature(cfg, getattr(tok, 'info', None)), sampling_top_p(cfg, getattr(tok, 'info', None))
+        out = sample(model, tok, labels=labels, temperature=temperature, top_p=top_p, seed=cfg.seed)
     rep.heading('5. Sampling, coarse to fine')
     rep.text(f'{len(labels)} shapes sampled scale by scale with a KV cache in {t.elapsed:.1f} s '
              f'({1000 * t.elapsed / len(labels):.0f} ms per shape on {device}), one per test shape, with the same classes, '
              f'at temperature {temperature}' + (' (one per scale: the finest scales cooled, the setting recorded with the '
-             'pretrained pair, see notebook 10_generate)' if isinstance(temperature, list) else '') + '.')
+             'pretrained pair, see notebook 10_generate)' if isinstance(temperature, list) else '')
+             + (f', nucleus (top-p) mass {top_p}' + (' (one per scale, None = no filtering)' if isinstance(top_p, list) else '')
+                if top_p is not None else '') + '.')
     rep.figure(sampling_slider(out, 0, title=f'a sampled {cats[int(labels[0])]}: each scale generated in parallel'),
                caption='coarse-to-fine generation of one sample (slider / play); the previous scale is drawn in grey')
     add_scene(rep, sample_scene(out, 0, title=f'the same {cats[int(labels[0])]}, scale by scale'),

@@ -32,7 +32,9 @@ def main():
     ap.add_argument('--metrics', default='cd,emd', help="distances to score: 'cd,emd' (the protocol) or 'cd' (fast sweeps)")
     ap.add_argument('--temperature', default=None, help="sampling temperature, one number or one per scale "
                     "(comma-separated; default: the pair's own setting, else 1)")
-    ap.add_argument('--top-k', type=int, default=None); ap.add_argument('--top-p', type=float, default=None)
+    ap.add_argument('--top-k', type=int, default=None)
+    ap.add_argument('--top-p', default=None, help="nucleus mass, one number or one per scale (comma-separated, 'none' "
+                    "= no filtering at that scale; default: the pair's own setting, else none)")
     ap.add_argument('--cfg', type=float, default=None, help='classifier-free guidance scale (None: plain conditional)')
     ap.add_argument('--no-recon', action='store_true', help="skip the tokenizer's reconstructions (sampling sweeps)")
     ap.add_argument('--refs', default='test', choices=('test', 'val'), help="reference split: 'val' to tune sampling "
@@ -50,8 +52,10 @@ def main():
     mixed_s, mixed_r = [], []
     metrics = tuple(a.metrics.split(','))
     temp = [float(t) for t in a.temperature.split(',')] if a.temperature else tok.info.get('sampling', {}).get('temperature', 1.0)
-    kw = dict(temperature=temp[0] if isinstance(temp, list) and len(temp) == 1 else temp,
-              top_k=a.top_k, top_p=a.top_p, cfg_scale=1.0 if a.cfg is None else a.cfg)
+    top_p = ([None if p.strip().lower() == 'none' else float(p) for p in a.top_p.split(',')] if a.top_p
+             else tok.info.get('sampling', {}).get('top_p'))
+    one = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v
+    kw = dict(temperature=one(temp), top_k=a.top_k, top_p=one(top_p), cfg_scale=1.0 if a.cfg is None else a.cfg)
     print('sampling:', kw, flush=True)
     for c, cat in enumerate(cats):
         test = SyntheticShapes(a.refs, [cat], a.n, n_points=N, resample=False, normalizer=frame)

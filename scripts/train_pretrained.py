@@ -5,14 +5,16 @@
 
 (the shipped tokenizer's command: 46 minutes on 2 CPU cores with short jobs beside it at times; the pair before it,
 1 500 tokenizer steps, took 11 + 18.5 minutes on 2 idle cores). The shipped generator was then retrained on that
-tokenizer, twice as wide and on four times the shapes (59 minutes on 2 cores; `"generator_command"` in nano.json
-records the run, made into a scratch folder whose generator and record were then copied here):
+tokenizer, twice as wide and on eight times the shapes (50 minutes on 2 idle cores; `"generator_command"` in nano.json
+records the run, made into a scratch folder whose generator and record were then copied here; the generator before
+it, on 160 shapes per class, took 59 minutes):
 
-    python scripts/train_pretrained.py --tokenizer-from data_samples/pretrained --generator-width 128 --n-train 160 \
+    python scripts/train_pretrained.py --tokenizer-from data_samples/pretrained --generator-width 128 --n-train 320 \
         --generator-steps 2000 --out data_samples/pretrained
 
-Its sampling setting (one temperature per token scale, `"sampling"` in nano.json) is not trained: it was chosen on
-validation shapes with `scripts/eval_pretrained.py --refs val --no-recon --metrics cd --temperature T1,...,T5` (the
+Its sampling setting (one temperature and one top-p mass per token scale, `"sampling"` in nano.json) is not trained:
+it was chosen on validation shapes with `scripts/eval_pretrained.py --refs val --no-recon --metrics cd
+--temperature T1,...,T5 --top-p P1,...,P5` (the
 best score among settings that repeat no more points than the tokenizer's reconstructions; see
 benchmarks/results/pretrained_nano_sampling_sweep_cpu.json), then scored on the test shapes by
 `scripts/eval_pretrained.py`.

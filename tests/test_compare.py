@@ -90,3 +90,17 @@ def test_quality_time_fig(res):
     fig = quality_time_fig(res['rows'])
     assert len(fig.data) == 2 and fig.layout.xaxis.type == 'log'
     assert len(fig.data[0].x) == sum(r['sample_s_b1'] is not None for r in res['rows'])
+
+
+def test_retire_rows_moves_only_rows_gone_from_the_table():
+    "bench_compare --next-scale-only: an earlier update's rows that were dropped or renamed since move to rows_retired."
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+    from bench_compare import retire_rows
+    meta = dict(updates=[dict(rows=['a', 'b', 'c'], note='x'), dict(rows=['a'], note='y', rows_retired=['z'])])
+    retire_rows(meta, ['a', 'c'])
+    assert meta['updates'][0]['rows'] == ['a', 'c'] and meta['updates'][0]['rows_retired'] == ['b']
+    assert meta['updates'][1] == dict(rows=['a'], note='y', rows_retired=['z'])      # nothing gone: unchanged
+    retire_rows(meta, ['c'])
+    assert meta['updates'][0]['rows_retired'] == ['b', 'a'] and meta['updates'][1]['rows'] == []
