@@ -286,7 +286,8 @@ def _stage_sampling(cfg: TourConfig, rep: Report, model, tok, test, cats, device
     "Coarse-to-fine samples (one per test shape, same classes), gallery, token maps, completion."
     labels = test.labels.to(device)
     with Timer() as t:
-        temperature, top_p = sampling_temperature(cfg, getattr(tok, 'info', None)), sampling_top_p(cfg, getattr(tok, 'info', None))
+        info = getattr(tok, 'info', None)  # the pretrained pair's record, None for a tokenizer trained here
+        temperature, top_p = sampling_temperature(cfg, info), sampling_top_p(cfg, info)
         out = sample(model, tok, labels=labels, temperature=temperature, top_p=top_p, seed=cfg.seed)
     rep.heading('5. Sampling, coarse to fine')
     rep.text(f'{len(labels)} shapes sampled scale by scale with a KV cache in {t.elapsed:.1f} s '
