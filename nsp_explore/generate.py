@@ -16,6 +16,7 @@ from .core import autocast, check_cloud, default_device, progress, auto_preset, 
 from .viz import cloud_grid, cloud_slider
 from .transformer import (KVCache, ScaleTransformer, TransformerConfig, flatten_teacher, model_flops)
 from .train import CheckpointError, TrainConfig, checkpoint_for, fit, load_checkpoint
+from .lod import LoDDataset
 
 # %% auto #0
 __all__ = ['GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config', 'train_generator',
@@ -67,7 +68,8 @@ def cache_tokens(tokenizer, dataset, batch_size: int = 64, teacher: bool | str =
                  device=None, max_teacher_gb: float = 2.0) -> TokenSequences:
     """Encode every shape of `dataset` (items with `points`, `label`, optional `lod_index`) once.
 
-    `passes` > 1 repeats the dataset (e.g. a `LoDDataset` with several FPS trajectories per shape).
+    `passes` > 1 repeats the dataset (e.g. a `LoDDataset` with several FPS trajectories per shape: pass p then
+    encodes every shape with its stored tree p mod T, so `passes=T` gives each tree exactly once, whatever torch's RNG).
     `teacher='auto'` stores the transformer inputs too when they fit in `max_teacher_gb`.
     A tokenizer that needs more per-point inputs names the item keys in `encode_inputs` (G3PT: `('normals',)`);
     they are stacked and passed to `encode` as keyword arguments."""
@@ -77,9 +79,11 @@ def cache_tokens(tokenizer, dataset, batch_size: int = 64, teacher: bool | str =
     T = sum(tokenizer.scales[1:])
     if teacher == 'auto': teacher = M * T * (tokenizer.token_dim + 3) * 4 / 1e9 <= max_teacher_gb
     idx_parts, labels, feats, poss, slot = [], [], [], [], None
-    rows = [i for _ in range(passes) for i in range(len(dataset))]
+    per_tree = passes > 1 and isinstance(dataset, LoDDataset)
+    get = (lambda p, i: dataset.item(i, p % dataset.n_trajectories)) if per_tree else (lambda p, i: dataset[i])
+    rows = [(p, i) for p in range(passes) for i in range(len(dataset))]
     for a in progress(range(0, M, batch_size), desc='encoding tokens'):
-        items = [dataset[i] for i in rows[a:a + batch_size]]
+        items = [get(p, i) for p, i in rows[a:a + batch_size]]
         x = torch.stack([it['points'] for it in items]).to(device)                                    # (b, N, 3)
         lod = torch.stack([it['lod_index'] for it in items]).to(device) if 'lod_index' in items[0] else None
         extra = {key: torch.stack([it[key] for it in items]).to(device) for key in getattr(tokenizer, 'encode_inputs', ())}

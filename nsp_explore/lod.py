@@ -1151,9 +1151,13 @@ class LoDDataset(torch.utils.data.Dataset):
     def trajectory(self, i: int) -> int:
         return int(torch.randint(self.n_trajectories, ())) if self.pick == 'random' else self.pick
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> dict: return self.item(i, self.trajectory(i))
+
+    def item(self, i: int, t: int) -> dict:
+        "Shape `i` with its stored tree `t` (no random draw): how `cache_tokens(passes=T)` visits every tree once."
+        if not 0 <= t < self.n_trajectories: raise IndexError(f"trajectory {t} of {self.n_trajectories}")
         item = dict(self.dataset[i])
-        item['lod_index'] = self.index[i, self.trajectory(i)].long()
+        item['lod_index'] = self.index[i, t].long()
         return item
 
     def tree(self, i: int, t: int = 0) -> LoDTree:

@@ -29,6 +29,7 @@ CPU rerun reproduces the recipe, not the bits of a GPU run.
 """
 from __future__ import annotations
 import argparse, json, shutil, sys, time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -74,18 +75,22 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
     return rec
 
 
-def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None):
+def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None,
+                          max_teacher_gb: float = 8.0):
     """The pair's second stage: a nano `ScaleTransformer` trained on `tok`'s tokens of `train` (one sequence per FPS
-    trajectory, `tok.cfg.fps_trajectories` passes). Returns `(generator, record)`."""
+    trajectory, `tok.cfg.fps_trajectories` passes). The transformer's inputs are cached beside the tokens when they fit
+    in `max_teacher_gb` (640 shapes per class need 2.3 GB); past that each batch decodes its own from the tokenizer
+    (same inputs, slower steps). Returns `(generator, record)`."""
     device = default_device(None if device is None else str(device))
     t0 = time.time()
-    seqs = cache_tokens(tok, train, passes=tok.cfg.fps_trajectories, device=device)
+    seqs = cache_tokens(tok, train, passes=tok.cfg.fps_trajectories, device=device, max_teacher_gb=max_teacher_gb)
     if device.type == 'cuda': seqs = seqs.to(device)      # batches gathered on the GPU
     torch.manual_seed(seed)
     gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
     gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,
                                   warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20))
-    hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), next_scale_loss, gcfg, device=device)
+    loss_fn = next_scale_loss if seqs.has_teacher else partial(next_scale_loss, tokenizer=tok)
+    hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), loss_fn, gcfg, device=device)
     return gen, dict(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(),
                      generator_loss=hg.last('loss'), n_train_shapes=len(train))
 

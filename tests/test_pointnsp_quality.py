@@ -290,6 +290,28 @@ def test_retrain_generator_keeps_the_tokenizer_and_records_the_generator(tmp_pat
     assert json.loads((d / 'nano.json').read_text())['generator_seed'] == 3
 
 
+def test_generator_stage_without_cached_teacher_inputs_trains_the_same_generator():
+    """The pair's generator stage when the transformer inputs do not fit the cache (640 shapes per class once did:
+    the script crashed with 'the batch has no teacher inputs'): each batch decodes them from the tokenizer, and the
+    generator ends where the cached run ends."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import train_generator_stage
+    from nsp_explore.generate import load_pretrained
+    from nsp_explore.train_tokenizer import tokenizer_datasets
+    from nsp_explore.transformer import TransformerConfig
+    tok = load_pretrained('nano')[0]
+    train, _ = tokenizer_datasets(tok.cfg, seed=0, n_train=1, n_val=1, normalizer=tok.normalizer())
+    cfg = TransformerConfig.preset('nano', d_model=32)
+    gens = [train_generator_stage(tok, train, 3, 'cpu', seed=0, generator_batch=4, gen_cfg=cfg, max_teacher_gb=gb)
+            for gb in (8.0, 0.0)]
+    assert all(math.isfinite(rec['generator_loss']) for _, rec in gens)
+    (a, _), (b, _) = gens
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa: torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert gens[0][1]['generator_loss'] == pytest.approx(gens[1][1]['generator_loss'], rel=1e-4)
+
+
 def test_prefix_benchmark_ends_at_the_tokenizer_reconstructions():
     "bench_prefix: m = 0..K true scales per class; with all K given the set is the tokenizer's own reconstruction."
     sys.path.insert(0, str(ROOT / 'benchmarks'))
