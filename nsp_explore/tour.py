@@ -267,7 +267,7 @@ def _stage_generator(cfg: TourConfig, rep: Report, tok, train, device, paths: di
         return model, dict(seconds=0.0, steps=pair[2].get('generator_steps'), steps_this_run=0, resumed_from=None,
                            checkpoint=f'pretrained:{cfg.pretrained}', params=_n_params(model))
     with Timer() as t_cache:
-        seqs = cache_tokens(tok, train, device=device)
+        seqs = cache_tokens(tok, train, passes=train.n_trajectories, device=device)   # FPS augmentation: every tree once
     gcfg = _gen_train_cfg(cfg)
     with Timer() as t:
         model, hist = train_generator(tok, seqs, cfg.model, gcfg, device=device, ckpt_path=paths['generator'])
@@ -275,7 +275,8 @@ def _stage_generator(cfg: TourConfig, rep: Report, tok, train, device, paths: di
     rep.text(f'A block-causal transformer `{cfg.model}` ({_n_params(model) / 1e6:.2f} M parameters) predicts all tokens '
              'of a scale at once, attending within the scale and to every coarser scale. Its inputs are the '
              'tokenizer\'s cumulative features at the parents, a scale embedding, Fourier features of the decoded '
-             f'parent positions and a sibling-slot embedding. Token maps cached in {t_cache.elapsed:.1f} s. '
+             f'parent positions and a sibling-slot embedding. Token maps of the {len(train)} training shapes, each with its '
+             f'{train.n_trajectories} FPS trees (FPS augmentation: {len(seqs)} sequences), cached in {t_cache.elapsed:.1f} s. '
              + _steps_text(gcfg.steps, gcfg.batch_size, hist.start_step, t.elapsed, device))
     rep.figure(hist.plot(), caption='transformer training curves: cross-entropy per scale (averaged within, then across scales)')
     return model, dict(seconds=t.elapsed + t_cache.elapsed, steps=gcfg.steps,

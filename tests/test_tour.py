@@ -1,5 +1,5 @@
 """End to end: the tour's command line, as `make tour` calls it (quick preset), and its bad input."""
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -25,6 +25,11 @@ def test_tour_cli_quick_writes_offline_report(tmp_path):
     ck = sorted(p.name for p in (tmp_path / 'runs').rglob('*.pt'))
     assert 'tokenizer.pt' in ck and any(n.startswith('generator_') for n in ck)
     assert summary['tokenizer']['steps'] == 20 and summary['tokenizer']['resumed_from'] == 0
+    # the generator learns every FPS tree of every training shape (FPS augmentation), each once
+    m = re.search(r'Token maps of the (\d+) training shapes, each with its (\d+) FPS trees \(FPS augmentation: (\d+) sequences\)', html)
+    assert m, 'the report does not say which token maps the generator learned'
+    n, trees, seqs = map(int, m.groups())
+    assert trees > 1 and seqs == n * trees
     # the trained tokenizer's decoded scale is calibrated (1.0 would mean the step did not run) and the report says so
     scale = summary['tokenizer']['recon_scale']
     assert scale != 1.0 and 0.5 < scale < 2.0 and f'scaled by {scale:.3f}' in html
