@@ -39,6 +39,8 @@ def main():
     ap.add_argument('--no-recon', action='store_true', help="skip the tokenizer's reconstructions (sampling sweeps)")
     ap.add_argument('--refs', default='test', choices=('test', 'val'), help="reference split: 'val' to tune sampling "
                     "settings without looking at the test shapes (needs --no-recon), 'test' to report")
+    ap.add_argument('--seed', type=int, default=0, help='sample seed: class c samples with seed c + 1000 * SEED '
+                    '(0: the recorded scores; other seeds measure how much one draw of samples moves the scores)')
     ap.add_argument('--no-write', action='store_true', help='do not write the scores into the pair\'s json')
     a = ap.parse_args()
     if a.refs == 'val' and not a.no_recon: ap.error('--refs val scores samples only: add --no-recon')
@@ -63,7 +65,7 @@ def main():
         refs = torch.stack([test[i]['points'] for i in range(len(test))])
         tr_c = SyntheticShapes('train', [cat], n_gen, n_points=N, resample=False, normalizer=frame)
         tr_c = torch.stack([tr_c[i]['points'] for i in range(len(tr_c))])          # this class's generator training shapes
-        smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c, **kw)['points']
+        smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c + 1000 * a.seed, **kw)['points']
         with torch.no_grad(): rec = None if a.no_recon else tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
         ref_m = None
         for kind, X in (('samples', smp),) + ((('tokenizer_recon', rec),) if not a.no_recon else ()):
@@ -85,7 +87,7 @@ def main():
                          **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup', 'copy'))}))
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
     tag = f'_{a.tag}' if a.tag else ''
-    save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, refs=a.refs,
+    save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, sample_seed=a.seed, refs=a.refs,
                  eval_s=time.time() - t0, info=tok.info)
     if a.no_write: return
     p = (Path(a.dir) if a.dir else ROOT / 'data_samples' / 'pretrained') / f'{a.name}.json'
