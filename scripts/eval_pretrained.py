@@ -90,6 +90,7 @@ def main():
     save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, sample_seed=a.seed, refs=a.refs,
                  eval_s=time.time() - t0, info=tok.info)
     if a.no_write: return
+    if a.seed: print(f"--seed {a.seed}: not written into the pair's json (its scores are the seed-0 draw)"); return
     p = (Path(a.dir) if a.dir else ROOT / 'data_samples' / 'pretrained') / f'{a.name}.json'
     rec = json.loads(p.read_text()); rec['scores'] = rows; rec['scores_sampling'] = kw
     p.write_text(json.dumps(rec, indent=2, default=str))
