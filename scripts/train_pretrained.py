@@ -5,19 +5,20 @@
 
 (the shipped tokenizer's command: 46 minutes on 2 CPU cores with short jobs beside it at times; the pair before it,
 1 500 tokenizer steps, took 11 + 18.5 minutes on 2 idle cores). The shipped generator was then retrained on that
-tokenizer, twice as wide and on eight times the shapes (50 minutes on 2 idle cores; `"generator_command"` in nano.json
-records the run, made into a scratch folder whose generator and record were then copied here; the generator before
-it, on 160 shapes per class, took 59 minutes):
+tokenizer, twice as wide, on eight times the shapes and for 3 000 steps (82 minutes on 2 idle cores; `"generator_command"`
+in nano.json records the run, made into a scratch folder whose generator and record were then copied here; the same
+recipe at 2 000 steps took 50 minutes, the generator before it, on 160 shapes per class, 59 minutes):
 
     python scripts/train_pretrained.py --tokenizer-from data_samples/pretrained --generator-width 128 --n-train 320 \
-        --generator-steps 2000 --out data_samples/pretrained
+        --generator-steps 3000 --out data_samples/pretrained
 
 Its sampling setting (one temperature and one top-p mass per token scale, `"sampling"` in nano.json) is not trained:
 it was chosen on validation shapes with `scripts/eval_pretrained.py --refs val --no-recon --metrics cd
 --temperature T1,...,T5 --top-p P1,...,P5` (the
 best score among settings that repeat no more points than the tokenizer's reconstructions; see
-benchmarks/results/pretrained_nano_sampling_sweep_cpu.json), then scored on the test shapes by
-`scripts/eval_pretrained.py`.
+benchmarks/results/pretrained_nano_sampling_sweep_cpu.json; `--seed 1`, `--seed 2` draw the samples again, and a
+candidate is judged on the mean of three draws: pretrained_nano_seed_spread_cpu.json), then scored on the test
+shapes by `scripts/eval_pretrained.py`.
 
 `--tokenizer-from DIR` keeps the tokenizer of the pair folder DIR and trains only a new generator (with
 `--generator-width W`, a d_model other than nano's 64): how benchmarks/bench_generator_steps.py and the wider-generator
