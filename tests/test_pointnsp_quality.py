@@ -341,3 +341,32 @@ def test_run_workers_limits_jobs_and_kills_at_the_deadline(tmp_path):
     killed = run_workers(cmds, {k: tmp_path / f'{k}.log' for k in cmds}, dict(os.environ), jobs=1, deadline_s=3)
     assert killed == ['slow']
     assert (tmp_path / 'quick.log').read_text().strip() == 'done'
+
+
+def test_finetune_decoder_changes_only_the_finest_decoder(tmp_path):
+    """scripts/finetune_decoder.py: after training the finest decoder, every token, every generator input (the teacher
+    inputs: cumulative features and the coarser decoded positions) and every other weight and buffer of the tokenizer
+    is bit-identical; the finest head and the leaf expansion moved, and the decoded scale was calibrated again."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from finetune_decoder import finetune_decoder, finest_decoder_names
+    from nsp_explore.generate import load_pretrained
+    from nsp_explore.train_tokenizer import tokenizer_datasets
+    tok = load_pretrained('nano')[0]
+    train, val = tokenizer_datasets(tok.cfg, n_train=2, n_val=1, normalizer=tok.normalizer())
+    x = torch.stack([val[i]['points'] for i in range(4)])
+    before = copy.deepcopy(tok.state_dict())
+    idx0, lod = tok.encode(x)
+    teach0 = tok.teacher_inputs(idx0)
+    tok, rec = finetune_decoder(tok, train, steps=3, device='cpu', lr=1e-2, batch_size=4, val=val)
+    assert not tok.training and all(p.requires_grad for p in tok.parameters())
+    idx1, _ = tok.encode(x, lod)
+    for a, b in zip(idx0, idx1): assert torch.equal(a, b)
+    for t0, t1 in zip(teach0, tok.teacher_inputs(idx1)):
+        for a, b in zip(t0, t1): assert torch.equal(a, b)
+    prefixes = finest_decoder_names(tok)
+    after = tok.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(prefixes) for k in moved), sorted(k for k in moved if not k.startswith(prefixes))
+    assert any(k.startswith('expand.') for k in moved) and any(k.startswith(f'structure.heads.{tok.K - 1}.') for k in moved)
+    assert rec['n_trainable'] == sum(v.numel() for k, v in after.items() if k.startswith(prefixes))
+    assert tok.cfg.recon_scale == rec['recon_scale'] != 1.0 and rec['steps'] == 3 and rec['val_cd_after'] is not None
