@@ -22,7 +22,8 @@ shapes by `scripts/eval_pretrained.py`.
 
 `--tokenizer-from DIR` keeps the tokenizer of the pair folder DIR and trains only a new generator (with
 `--generator-width W`, a d_model other than nano's 64): how benchmarks/bench_generator_steps.py and the wider-generator
-experiment of lesson 10 were made. Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
+experiment of lesson 10 were made; `--generator-init CKPT --generator-lr LR` (with `--tokenizer-from`, and best a new
+`--seed`) continues a generator from a checkpoint instead of a fresh start. Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
 the device and the wall time of each stage, so `load_pretrained('nano')` users can see how it was made and
 rerun it. After training, the tokenizer's decoded scale is calibrated on the training shapes
 (`calibrate_recon_scale`, recorded as `"recon_scale"`; tokens and weights are unchanged by it). Runs on any device (bf16 autocast for the generator on CUDA; the tokenizer is always float32), so a
@@ -77,32 +78,43 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
 
 
 def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None,
-                          max_teacher_gb: float = 8.0):
+                          max_teacher_gb: float = 8.0, init=None, lr: float | None = None):
     """The pair's second stage: a nano `ScaleTransformer` trained on `tok`'s tokens of `train` (one sequence per FPS
     trajectory, `tok.cfg.fps_trajectories` passes). The transformer's inputs are cached beside the tokens when they fit
     in `max_teacher_gb` (640 shapes per class need 2.3 GB); past that each batch decodes its own from the tokenizer
-    (same inputs, slower steps). Returns `(generator, record)`."""
+    (same inputs, slower steps). `init`: a generator checkpoint to start from (a warm restart: its config, not
+    `gen_cfg`; best with a new `seed`, so the batches are not the first run's again, and a smaller `lr`).
+    Returns `(generator, record)`."""
     device = default_device(None if device is None else str(device))
     t0 = time.time()
     seqs = cache_tokens(tok, train, passes=tok.cfg.fps_trajectories, device=device, max_teacher_gb=max_teacher_gb)
     if device.type == 'cuda': seqs = seqs.to(device)      # batches gathered on the GPU
     torch.manual_seed(seed)
-    gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
+    if init is not None:
+        from nsp_explore.generate import load_generator
+        gen = load_generator(init)
+        if gen.n_classes != len(train.dataset.categories) or tuple(gen.cfg.scales) != tuple(tok.scales):
+            raise ValueError(f"{init}: a generator for {gen.n_classes} classes and scales {gen.cfg.scales}, the data has "
+                             f"{len(train.dataset.categories)} classes and the tokenizer scales {tok.scales}")
+    else:
+        gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
     gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,
-                                  warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20))
+                                  warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20),
+                                  **({} if lr is None else dict(lr=lr)))
     loss_fn = next_scale_loss if seqs.has_teacher else partial(next_scale_loss, tokenizer=tok)
     hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), loss_fn, gcfg, device=device)
     return gen, dict(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(),
-                     generator_loss=hg.last('loss'), n_train_shapes=len(train))
+                     generator_loss=hg.last('loss'), n_train_shapes=len(train), generator_init=None if init is None else str(init))
 
 
 def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=None, generator_batch: int = 64, gen_cfg=None,
                       n_train: int | None = None, n_val: int | None = None, command: str | None = None,
-                      seed: int | None = None):
+                      seed: int | None = None, init=None, lr: float | None = None):
     """Stage two alone: a new generator on the tokenizer of the pair in `pair_dir` (its seed and training shapes;
     `n_train` shapes per category instead of the data default, built in the tokenizer's frame; a generator `seed`
     other than the pair's), saved with that tokenizer and its record (scores dropped: they were the old generator's)
-    as the pair folder `out` (may be `pair_dir`). Returns `(tokenizer, generator, val dataset, record)`."""
+    as the pair folder `out` (may be `pair_dir`). `init` / `lr`: start from that generator checkpoint at that peak
+    learning rate (`train_generator_stage`). Returns `(tokenizer, generator, val dataset, record)`."""
     from nsp_explore.generate import load_pretrained
     pair_dir, out = Path(pair_dir), Path(out)
     dev = default_device(None if device is None else str(device))
@@ -111,7 +123,7 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
     train, val = tokenizer_datasets(tok.cfg, seed=info.get('seed', 0), n_train=n_train, n_val=n_val,
                                     normalizer=tok.normalizer())     # the tokenizer's frame, whatever n_train is
     gen_seed = info.get('seed', 0) if seed is None else int(seed)
-    gen, grec = train_generator_stage(tok, train, generator_steps, dev, gen_seed, generator_batch, gen_cfg)
+    gen, grec = train_generator_stage(tok, train, generator_steps, dev, gen_seed, generator_batch, gen_cfg, init=init, lr=lr)
     rec = {k: v for k, v in info.items() if k not in ('scores', 'scores_sampling')}
     rec.update(grec, generator_seed=gen_seed, generator_command=command or ' '.join(sys.argv), generator_device=str(dev),
                generator_config={k: v for k, v in gen.cfg.to_dict().items()
@@ -149,11 +161,16 @@ if __name__ == '__main__':
                     '(the tokenizer options above are then ignored; --seed seeds the new generator)')
     ap.add_argument('--n-train', type=int, default=None, help='training shapes per category (data default: 40); with '
                     '--tokenizer-from the tokenizer keeps its own training, only the generator sees the extra shapes')
+    ap.add_argument('--generator-init', default=None, help='with --tokenizer-from: start the generator from this '
+                    'checkpoint (a warm restart; its own width, --generator-width is ignored)')
+    ap.add_argument('--generator-lr', type=float, default=None, help="with --tokenizer-from: the generator's peak learning rate (default: the "
+                    "nano preset's 2e-3)")
     a = ap.parse_args()
+    if a.generator_init and not a.tokenizer_from: ap.error('--generator-init needs --tokenizer-from')
     gen_cfg = None if a.generator_width is None else TransformerConfig.preset('nano', d_model=a.generator_width)
     if a.tokenizer_from:
         rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg,
-                                n_train=a.n_train, seed=a.seed)[3]
+                                n_train=a.n_train, seed=a.seed, init=a.generator_init, lr=a.generator_lr)[3]
         print(json.dumps(rec, indent=2, default=str)); sys.exit()
     over = {} if a.scales is None else dict(scales=tuple(int(s) for s in a.scales.split(',')))
     if a.sibling_slots: over['sibling_slots'] = True

@@ -290,6 +290,26 @@ def test_retrain_generator_keeps_the_tokenizer_and_records_the_generator(tmp_pat
     assert json.loads((d / 'nano.json').read_text())['generator_seed'] == 3
 
 
+def test_retrain_generator_warm_start(tmp_path):
+    """train_pretrained.py --generator-init / --generator-lr: the new generator starts from the given checkpoint (its
+    width, not the preset's), trains at the given learning rate, and the record names the start."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import retrain_generator
+    from nsp_explore.generate import load_generator
+    src = ROOT / 'data_samples' / 'pretrained'
+    init = load_generator(src / 'nano_generator.pt')
+    _, gen, _, rec = retrain_generator(src, 1, tmp_path / 'warm', 'cpu', generator_batch=4, n_train=1, n_val=1, seed=1,
+                                       init=src / 'nano_generator.pt', lr=1e-7)
+    assert rec['generator_init'] == str(src / 'nano_generator.pt') and rec['generator_train']['lr'] == 1e-7
+    assert gen.cfg.d_model == init.cfg.d_model != 64
+    a, b = init.state_dict(), load_generator(tmp_path / 'warm' / 'nano_generator.pt').state_dict()
+    moved = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert 0 < moved < 1e-4                                            # one step at lr 1e-7 from the checkpoint
+    _, cold, _, _ = retrain_generator(src, 1, tmp_path / 'cold', 'cpu', generator_batch=4, n_train=1, n_val=1, seed=1,
+                                      gen_cfg=init.cfg)
+    assert max(float((a[k].float() - v.float()).abs().max()) for k, v in cold.state_dict().items()) > 0.01
+
+
 def test_generator_stage_without_cached_teacher_inputs_trains_the_same_generator():
     """The pair's generator stage when the transformer inputs do not fit the cache (640 shapes per class once did:
     the script crashed with 'the batch has no teacher inputs'): each batch decodes them from the tokenizer, and the
