@@ -163,8 +163,8 @@ if __name__ == '__main__':
                     '--tokenizer-from the tokenizer keeps its own training, only the generator sees the extra shapes')
     ap.add_argument('--generator-init', default=None, help='with --tokenizer-from: start the generator from this '
                     'checkpoint (a warm restart; its own width, --generator-width is ignored)')
-    ap.add_argument('--generator-lr', type=float, default=None, help="with --tokenizer-from: the generator's peak learning rate (default: the "
-                    "nano preset's 2e-3)")
+    ap.add_argument('--generator-lr', type=float, default=None, help="with --tokenizer-from: the generator's peak "
+                    "learning rate (default: the nano preset's 2e-3)")
     a = ap.parse_args()
     if a.generator_init and not a.tokenizer_from: ap.error('--generator-init needs --tokenizer-from')
     gen_cfg = None if a.generator_width is None else TransformerConfig.preset('nano', d_model=a.generator_width)

@@ -308,6 +308,12 @@ def test_retrain_generator_warm_start(tmp_path):
     _, cold, _, _ = retrain_generator(src, 1, tmp_path / 'cold', 'cpu', generator_batch=4, n_train=1, n_val=1, seed=1,
                                       gen_cfg=init.cfg)
     assert max(float((a[k].float() - v.float()).abs().max()) for k, v in cold.state_dict().items()) > 0.01
+    from train_pretrained import _save
+    from nsp_explore.generate import load_pretrained
+    from nsp_explore.transformer import ScaleTransformer
+    _save(ScaleTransformer.for_tokenizer(init.cfg, load_pretrained('nano')[0], 3), tmp_path / 'three_classes.pt')
+    with pytest.raises(ValueError, match='3 classes'):                # a start that does not fit the data: a clear error
+        retrain_generator(src, 1, tmp_path / 'bad', 'cpu', generator_batch=4, n_train=1, n_val=1, init=tmp_path / 'three_classes.pt')
 
 
 def test_generator_stage_without_cached_teacher_inputs_trains_the_same_generator():
