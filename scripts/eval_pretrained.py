@@ -37,6 +37,8 @@ def main():
                     "= no filtering at that scale; default: the pair's own setting, else none)")
     ap.add_argument('--cfg', type=float, default=None, help='classifier-free guidance scale (None: plain conditional)')
     ap.add_argument('--no-recon', action='store_true', help="skip the tokenizer's reconstructions (sampling sweeps)")
+    ap.add_argument('--no-samples', action='store_true', help="score only the tokenizer's reconstructions (the folder "
+                    "may hold a tokenizer alone, as train_pretrained.py --tokenizer-init writes it)")
     ap.add_argument('--refs', default='test', choices=('test', 'val'), help="reference split: 'val' to tune sampling "
                     "settings without looking at the test shapes (needs --no-recon), 'test' to report")
     ap.add_argument('--seed', type=int, default=0, help='sample seed: class c samples with seed c + 1000 * SEED '
@@ -44,11 +46,19 @@ def main():
     ap.add_argument('--no-write', action='store_true', help='do not write the scores into the pair\'s json')
     a = ap.parse_args()
     if a.refs == 'val' and not a.no_recon: ap.error('--refs val scores samples only: add --no-recon')
-    tok, gen = load_pretrained(a.name, directory=a.dir)
+    if a.no_samples and a.no_recon: ap.error('--no-samples with --no-recon leaves nothing to score')
+    if a.no_samples:                                                  # the tokenizer alone: no generator needed
+        from nsp_explore.train_tokenizer import load_tokenizer
+        d = Path(a.dir) if a.dir else ROOT / 'data_samples' / 'pretrained'
+        tok, gen = load_tokenizer(d / f'{a.name}_tokenizer.pt'), None
+        tok.info = json.loads((d / f'{a.name}.json').read_text()) if (d / f'{a.name}.json').exists() else {}
+    else:
+        tok, gen = load_pretrained(a.name, directory=a.dir)
     cats, N = tok.info.get('categories'), tok.n_points
     frame = tok.normalizer()                                          # the training data's statistics, from the checkpoint
     mean, std = frame.mean, frame.std
-    n_gen = tok.info.get('n_train_shapes')                            # the generator's training shapes (all classes), if recorded
+    # the training shapes (all classes) of the generator, or of a tokenizer scored alone, if recorded
+    n_gen = tok.info.get('n_train_shapes' if gen is not None else 'tokenizer_n_train_shapes')
     n_gen = None if n_gen is None else int(n_gen) // len(cats)       # per class (None: the data default)
     rows, t0 = [], time.time()
     mixed_s, mixed_r = [], []
@@ -65,23 +75,25 @@ def main():
         refs = torch.stack([test[i]['points'] for i in range(len(test))])
         tr_c = SyntheticShapes('train', [cat], n_gen, n_points=N, resample=False, normalizer=frame)
         tr_c = torch.stack([tr_c[i]['points'] for i in range(len(tr_c))])          # this class's generator training shapes
-        smp = sample(gen, tok, labels=torch.full((a.n,), c), seed=c + 1000 * a.seed, **kw)['points']
+        smp = None if gen is None else sample(gen, tok, labels=torch.full((a.n,), c), seed=c + 1000 * a.seed, **kw)['points']
         with torch.no_grad(): rec = None if a.no_recon else tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
         ref_m = None
-        for kind, X in (('samples', smp),) + ((('tokenizer_recon', rec),) if not a.no_recon else ()):
+        kinds = ((('samples', smp),) if gen is not None else ()) + ((('tokenizer_recon', rec),) if not a.no_recon else ())
+        for kind, X in kinds:
             m = compute_all_metrics(X, refs, mean, std, metrics=metrics, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
             ref_m = m.pop('matrices')                                  # the test-vs-test distances are computed once
             rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), 4) for k, v in m.items()
                                                                  if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
                              dup_frac=round(float(duplicate_fraction(X).mean()), 4),    # repeated points: the scores cannot see them
                              copy_ratio=round(copy_ratio(X, refs, tr_c)['ratio'], 4)))    # copies of training shapes: nor these
-        mixed_s.append(smp[: max(1, a.n // len(cats) * 2)]); mixed_r.append(refs[: max(1, a.n // len(cats) * 2)])
+        if gen is not None: mixed_s.append(smp[: max(1, a.n // len(cats) * 2)]); mixed_r.append(refs[: max(1, a.n // len(cats) * 2)])
         print(f'{cat}: done ({time.time() - t0:.0f} s)', flush=True)
-    m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, metrics=metrics, emd=a.emd, jsd=False)
-    rows.append(dict(category='mixed', kind='samples', n=len(torch.cat(mixed_s)),
-                     **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
-                     dup_frac=round(float(duplicate_fraction(torch.cat(mixed_s)).mean()), 4)))
-    for kind in ('samples',) + (('tokenizer_recon',) if not a.no_recon else ()):
+    if gen is not None:
+        m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, metrics=metrics, emd=a.emd, jsd=False)
+        rows.append(dict(category='mixed', kind='samples', n=len(torch.cat(mixed_s)),
+                         **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
+                         dup_frac=round(float(duplicate_fraction(torch.cat(mixed_s)).mean()), 4)))
+    for kind in (('samples',) if gen is not None else ()) + (('tokenizer_recon',) if not a.no_recon else ()):
         sel = [r for r in rows if r['kind'] == kind and r['category'] != 'mixed']
         rows.append(dict(category='mean per category', kind=kind, n=a.n,
                          **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup', 'copy'))}))

@@ -23,7 +23,11 @@ shapes by `scripts/eval_pretrained.py`.
 `--tokenizer-from DIR` keeps the tokenizer of the pair folder DIR and trains only a new generator (with
 `--generator-width W`, a d_model other than nano's 64): how benchmarks/bench_generator_steps.py and the wider-generator
 experiment of lesson 10 were made; `--generator-init CKPT --generator-lr LR` (with `--tokenizer-from`, and best a new
-`--seed`) continues a generator from a checkpoint instead of a fresh start. Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
+`--seed`) continues a generator from a checkpoint instead of a fresh start. `--tokenizer-init DIR` continues the
+tokenizer of the pair folder DIR (its weights and its frame) for `--tokenizer-steps` more steps on `--n-train` shapes per
+category at `--tokenizer-lr` (default 5e-4), and saves that tokenizer alone to `--out`: its codes move, so a generator must
+then be trained on it (`--tokenizer-from OUT`, best with `--generator-init DIR/nano_generator.pt`);
+`scripts/eval_pretrained.py --dir OUT --no-samples` scores its reconstructions in between. Everything is seeded (`--seed`); the JSON written beside the checkpoints records the exact command, the steps,
 the device and the wall time of each stage, so `load_pretrained('nano')` users can see how it was made and
 rerun it. After training, the tokenizer's decoded scale is calibrated on the training shapes
 (`calibrate_recon_scale`, recorded as `"recon_scale"`; tokens and weights are unchanged by it). Runs on any device (bf16 autocast for the generator on CUDA; the tokenizer is always float32), so a
@@ -115,11 +119,11 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
     other than the pair's), saved with that tokenizer and its record (scores dropped: they were the old generator's)
     as the pair folder `out` (may be `pair_dir`). `init` / `lr`: start from that generator checkpoint at that peak
     learning rate (`train_generator_stage`). Returns `(tokenizer, generator, val dataset, record)`."""
-    from nsp_explore.generate import load_pretrained
+    from nsp_explore.train_tokenizer import load_tokenizer
     pair_dir, out = Path(pair_dir), Path(out)
     dev = default_device(None if device is None else str(device))
-    tok = load_pretrained('nano', directory=pair_dir)[0].to(dev)
-    info = tok.info
+    tok = load_tokenizer(pair_dir / 'nano_tokenizer.pt').to(dev)      # a pair folder, or continue_tokenizer's output
+    info = json.loads((pair_dir / 'nano.json').read_text()) if (pair_dir / 'nano.json').exists() else {}
     train, val = tokenizer_datasets(tok.cfg, seed=info.get('seed', 0), n_train=n_train, n_val=n_val,
                                     normalizer=tok.normalizer())     # the tokenizer's frame, whatever n_train is
     gen_seed = info.get('seed', 0) if seed is None else int(seed)
@@ -134,6 +138,51 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
     _save(gen, out / 'nano_generator.pt')
     (out / 'nano.json').write_text(json.dumps(rec, indent=2, default=str))
     return tok, gen, val, rec
+
+
+def continue_tokenizer(pair_dir: Path, tokenizer_steps: int, out: Path, device=None, batch_size: int = 32,
+                       n_train: int | None = None, seed: int | None = None, lr: float | None = None, val_every: int = 0,
+                       command: str | None = None):
+    """Stage one again, from the tokenizer of the pair in `pair_dir`: `tokenizer_steps` more steps on `n_train` shapes
+    per category, built in that tokenizer's frame from the pair's data seed (so the validation and test shapes stay the
+    held-out ones, and the first training shapes per category are those it saw), batches drawn with `seed` (default the
+    pair's + 1), at peak learning rate `lr` (default a quarter of the preset's). The decoder trains raw (`recon_scale` 1) and
+    is calibrated again afterwards. Saves only `nano_tokenizer.pt` and `nano.json` under `out`: its codes moved, so the
+    pair's generator no longer fits it (`retrain_generator(out, ..., init=old generator)` makes the new pair).
+    Returns `(tokenizer, record)`."""
+    from nsp_explore.train_tokenizer import load_tokenizer
+    pair_dir, out = Path(pair_dir), Path(out)
+    dev = default_device(None if device is None else str(device))
+    tok = load_tokenizer(pair_dir / 'nano_tokenizer.pt').to(dev)
+    info = json.loads((pair_dir / 'nano.json').read_text()) if (pair_dir / 'nano.json').exists() else {}
+    data_seed = int(info.get('seed', 0))
+    seed = data_seed + 1 if seed is None else int(seed)
+    t0 = time.time()
+    train, val = tokenizer_datasets(tok.cfg, seed=data_seed, n_train=n_train, normalizer=tok.normalizer())
+    data_s = time.time() - t0
+    tok.cfg = tok.cfg.override(recon_scale=1.0)                          # the raw decoder trains, as in train_pair
+    base = tokenizer_train_config('nano')
+    tcfg = tokenizer_train_config('nano', steps=tokenizer_steps, batch_size=batch_size, seed=seed,
+                                  lr=base.lr / 4 if lr is None else lr, warmup_steps=min(100, tokenizer_steps // 10 + 1),
+                                  log_every=max(1, tokenizer_steps // 20), val_every=val_every)
+    torch.manual_seed(seed)
+    t0 = time.time()
+    h = fit(tok, train, tokenizer_loss, tcfg, device=dev, val_fn=_val_cd(val))
+    tok = tok.eval()
+    stale = ('generator', 'scores', 'sampling', 'n_train_shapes', 'machine_note', 'recon_scale')
+    rec = {k: v for k, v in info.items() if not k.startswith(stale)}
+    rec.update(tokenizer_init=str(pair_dir / 'nano_tokenizer.pt'), tokenizer_init_steps=info.get('tokenizer_steps'),
+               tokenizer_command=command or ' '.join(sys.argv), tokenizer_seed=seed, tokenizer_device=str(dev),
+               tokenizer_data_s=data_s, tokenizer_s=time.time() - t0, tokenizer_steps=tokenizer_steps,
+               tokenizer_train=tcfg.to_dict(), tokenizer_n_train_shapes=len(train),
+               tokenizer_val_cd=h.val[-1]['cd'] if h.val else None,
+               tokenizer_val_curve=[{k: round(float(v), 5) for k, v in r.items()} for r in h.val],
+               recon_scale=calibrate_recon_scale(tok, train.dataset)['recon_scale'],
+               recon_scale_note=f'fitted after training by calibrate_recon_scale on the {len(train)} training shapes')
+    out.mkdir(parents=True, exist_ok=True)
+    _save(tok, out / 'nano_tokenizer.pt')
+    (out / 'nano.json').write_text(json.dumps(rec, indent=2, default=str))
+    return tok, rec
 
 
 def _save(model, path: Path):
@@ -165,8 +214,19 @@ if __name__ == '__main__':
                     'checkpoint (a warm restart; its own width, --generator-width is ignored)')
     ap.add_argument('--generator-lr', type=float, default=None, help="with --tokenizer-from: the generator's peak "
                     "learning rate (default: the nano preset's 2e-3)")
+    ap.add_argument('--tokenizer-init', default=None, help='a pair folder: continue its tokenizer for --tokenizer-steps '
+                    'on --n-train shapes per category, in its frame, and save only the tokenizer to --out (then '
+                    '--tokenizer-from OUT --generator-init trains its generator)')
+    ap.add_argument('--tokenizer-lr', type=float, default=None, help="with --tokenizer-init: the peak learning rate "
+                    "(default: a quarter of the preset's 2e-3)")
     a = ap.parse_args()
     if a.generator_init and not a.tokenizer_from: ap.error('--generator-init needs --tokenizer-from')
+    if a.tokenizer_init and a.tokenizer_from: ap.error('--tokenizer-init and --tokenizer-from exclude each other')
+    if a.tokenizer_lr is not None and not a.tokenizer_init: ap.error('--tokenizer-lr needs --tokenizer-init')
+    if a.tokenizer_init:
+        rec = continue_tokenizer(Path(a.tokenizer_init), a.tokenizer_steps, Path(a.out), a.device, n_train=a.n_train,
+                                 seed=a.seed, lr=a.tokenizer_lr, val_every=a.val_every)[1]
+        print(json.dumps(rec, indent=2, default=str)); sys.exit()
     gen_cfg = None if a.generator_width is None else TransformerConfig.preset('nano', d_model=a.generator_width)
     if a.tokenizer_from:
         rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg,

@@ -316,6 +316,53 @@ def test_retrain_generator_warm_start(tmp_path):
         retrain_generator(src, 1, tmp_path / 'bad', 'cpu', generator_batch=4, n_train=1, n_val=1, init=tmp_path / 'three_classes.pt')
 
 
+def test_continue_tokenizer_then_warm_generator_makes_a_pair(tmp_path):
+    """train_pretrained.py --tokenizer-init: the pair's tokenizer trains on from its weights, in its frame (raw decoder,
+    calibrated again), saved alone (the old generator no longer fits its codes); --tokenizer-from that folder with
+    --generator-init then makes a loadable pair."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import continue_tokenizer, retrain_generator
+    from nsp_explore.train_tokenizer import load_tokenizer
+    from nsp_explore.generate import load_pretrained
+    src, d = ROOT / 'data_samples' / 'pretrained', tmp_path / 'tok'
+    old = load_tokenizer(src / 'nano_tokenizer.pt')
+    tok, rec = continue_tokenizer(src, 1, d, 'cpu', batch_size=4, n_train=1, lr=1e-7)
+    assert sorted(p.name for p in d.iterdir()) == ['nano.json', 'nano_tokenizer.pt']
+    saved = json.loads((d / 'nano.json').read_text())
+    assert saved['tokenizer_init'] == str(src / 'nano_tokenizer.pt') and saved['tokenizer_train']['lr'] == 1e-7
+    assert saved['tokenizer_steps'] == 1 and saved['tokenizer_init_steps'] == json.loads((src / 'nano.json').read_text())['tokenizer_steps']
+    assert saved['tokenizer_seed'] == saved['seed'] + 1 and not any(k.startswith(('generator', 'scores', 'sampling')) for k in saved)
+    new = load_tokenizer(d / 'nano_tokenizer.pt')
+    assert torch.equal(new.norm_mean, old.norm_mean) and torch.equal(new.norm_std, old.norm_std)      # its frame kept
+    assert new.cfg.recon_scale == saved['recon_scale'] != 1.0 and abs(saved['recon_scale'] - old.cfg.recon_scale) < 0.05   # refitted (on 10 shapes)
+    a, b = dict(old.named_parameters()), dict(new.named_parameters())   # the codebook is not trained by the optimizer:
+    moved = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].requires_grad)   # EMA and restarts move it
+    assert 0 < moved < 1e-4                                             # one step at lr 1e-7 from the pair's weights
+    tok_bytes = (d / 'nano_tokenizer.pt').read_bytes()
+    retrain_generator(d, 1, d, 'cpu', generator_batch=4, n_train=1, n_val=1, seed=2, init=src / 'nano_generator.pt', lr=1e-7)
+    t, g = load_pretrained('nano', directory=d)
+    assert g.info['generator_init'] == str(src / 'nano_generator.pt') and g.info['tokenizer_init'] == str(src / 'nano_tokenizer.pt')
+    assert (d / 'nano_tokenizer.pt').read_bytes() == tok_bytes and t.cfg.recon_scale == saved['recon_scale']
+
+
+def test_eval_pretrained_scores_a_lone_tokenizer(tmp_path, monkeypatch):
+    """eval_pretrained.py --no-samples: a folder with a tokenizer and no generator gets reconstruction rows only (the
+    protocol's mean row included); without --no-samples such a folder is refused with the pairs it has."""
+    sys.path.insert(0, str(ROOT / 'scripts')); sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import shutil, _common, eval_pretrained
+    src, d = ROOT / 'data_samples' / 'pretrained', tmp_path / 'tok'
+    d.mkdir(); shutil.copy(src / 'nano_tokenizer.pt', d); shutil.copy(src / 'nano.json', d)
+    monkeypatch.setattr(_common, 'RESULTS', tmp_path / 'results')
+    argv = ['eval_pretrained.py', '--dir', str(d), '--n', '2', '--metrics', 'cd', '--tag', 'lone', '--no-write']
+    monkeypatch.setattr(sys, 'argv', argv + ['--no-samples'])
+    eval_pretrained.main()
+    rows = json.loads(next((tmp_path / 'results').glob('pretrained_nano_lone_*.json')).read_text())['rows']
+    assert {r['kind'] for r in rows} == {'tokenizer_recon'} and len(rows) == 11 and rows[-1]['category'] == 'mean per category'
+    assert all(0 <= r['1-NNA-CD'] <= 1 for r in rows)
+    monkeypatch.setattr(sys, 'argv', argv)
+    with pytest.raises(FileNotFoundError, match='no pretrained pair'): eval_pretrained.main()
+
+
 def test_generator_stage_without_cached_teacher_inputs_trains_the_same_generator():
     """The pair's generator stage when the transformer inputs do not fit the cache (640 shapes per class once did:
     the script crashed with 'the batch has no teacher inputs'): each batch decodes them from the tokenizer, and the
