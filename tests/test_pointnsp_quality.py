@@ -336,7 +336,7 @@ def test_continue_tokenizer_then_warm_generator_makes_a_pair(tmp_path):
     assert torch.equal(new.norm_mean, old.norm_mean) and torch.equal(new.norm_std, old.norm_std)      # its frame kept
     assert new.cfg.recon_scale == saved['recon_scale'] != 1.0 and abs(saved['recon_scale'] - old.cfg.recon_scale) < 0.05   # refitted (on 10 shapes)
     a, b = dict(old.named_parameters()), dict(new.named_parameters())   # the codebook is not trained by the optimizer:
-    moved = max(float((a[k] - b[k]).abs().max()) for k in a if a[k].requires_grad)   # EMA and restarts move it
+    moved = max(float((a[k] - b[k]).detach().abs().max()) for k in a if a[k].requires_grad)   # EMA and restarts move it
     assert 0 < moved < 1e-4                                             # one step at lr 1e-7 from the pair's weights
     tok_bytes = (d / 'nano_tokenizer.pt').read_bytes()
     retrain_generator(d, 1, d, 'cpu', generator_batch=4, n_train=1, n_val=1, seed=2, init=src / 'nano_generator.pt', lr=1e-7)
