@@ -315,13 +315,13 @@ def test_make_samples_regenerates_byte_for_byte(tmp_path):
     for f in files:
         if md5(out / f) == md5(ROOT / 'data_samples' / f): continue
         assert f.suffix == '.npy', f                                  # meshes always match byte for byte
-        category, split, i = f.stem.rsplit('_', 2)[0], f.parent.name, int(f.stem.rsplit('_', 1)[1])
-        assert _same_surface_sample(np.load(out / f), np.load(ROOT / 'data_samples' / f), category, split, i), f
+        category, _, i = f.stem.rsplit('_', 2)                        # e.g. chair_val_00
+        assert _same_surface_sample(np.load(out / f), np.load(ROOT / 'data_samples' / f), category, f.parent.name, int(i)), f
         warnings.warn(f'{f}: the same surface sampled with another triangle order (qhull on this machine)')
 
 
-def test_same_surface_sample_tells_other_shapes_apart(tmp_path):
-    """The fallback above fails on a different shape, a moved point and a reordered file."""
+def test_same_surface_sample_tells_other_shapes_apart():
+    """The fallback above fails on a different shape, on rows moved off the surface and on a reversed, cut file."""
     f = ROOT / 'data_samples' / 'pc15k' / SYNSETS['chair'] / 'val' / 'chair_val_00.npy'
     x = np.load(f)
     assert _same_surface_sample(x, x.copy(), 'chair', 'val', 0)
