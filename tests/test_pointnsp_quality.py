@@ -405,6 +405,38 @@ def test_prefix_benchmark_ends_at_the_tokenizer_reconstructions():
     assert rows[K]['1-NNA-CD'] == round(float(direct), 4)
 
 
+def test_generator_fit_benchmark_matches_a_float64_reference():
+    """bench_generator_fit: the per-scale CE / accuracy summed over uneven batches equal a float64 log-softmax over every
+    sequence at once, the held-out sequences carry every FPS tree of every shape, and the unigram CE is the smoothed
+    frequencies' own cross-entropy."""
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from bench_generator_fit import scale_fit, split_sequences, unigram_ce
+    from nsp_explore.generate import load_pretrained
+    tok, gen = load_pretrained('nano')
+    K, V, T, C = len(tok.scales), tok.codebook_size, tok.cfg.fps_trajectories, len(tok.info['categories'])
+    train, val = split_sequences(tok, 'train', 1), split_sequences(tok, 'val', 1)
+    assert len(val) == len(train) == C * T and val.has_teacher
+    assert sorted(val.labels.tolist()) == sorted(list(range(C)) * T)
+    assert len({tuple(t.tolist()) for t in val.tokens}) > C          # the trees differ, so do their token maps
+    fit = scale_fit(gen, val, batch_size=3)                          # T = 4 rows per class: batches of 3 and 1
+    with torch.no_grad():
+        b = val.batch(torch.arange(len(val)))
+        logp = gen(b['feat'], b['pos'], b['slot'], b['label']).double().log_softmax(-1)      # (M, L, V)
+    ce = -logp.gather(-1, b['tokens'][..., None])[..., 0]                                     # (M, L)
+    hit = (logp.argmax(-1) == b['tokens']).double()
+    for c in range(C):
+        rows = val.labels == c
+        for k, (ce_k, hit_k) in enumerate(zip(ce[rows].split(tok.scales, 1), hit[rows].split(tok.scales, 1))):
+            assert fit[c]['loss'][k] == pytest.approx(float(ce_k.mean()), rel=1e-4)
+            assert fit[c]['acc'][k] == pytest.approx(float(hit_k.mean()), abs=1 / hit_k.numel() + 1e-9)   # a float32 near-tie may flip
+    uni = unigram_ce(train, val, V)
+    for k in range(K):
+        counts = [1.0] * V
+        for t in train.indices[k].flatten().tolist(): counts[t] += 1
+        ref = -sum(math.log(counts[t] / sum(counts)) for t in val.indices[k].flatten().tolist()) / val.indices[k].numel()
+        assert uni[k] == pytest.approx(ref, rel=1e-9)
+
+
 def test_run_workers_limits_jobs_and_kills_at_the_deadline(tmp_path):
     "The benchmarks' process pool: every command runs with its own log, and one still running at the deadline is killed."
     sys.path.insert(0, str(ROOT / 'benchmarks'))
