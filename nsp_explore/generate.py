@@ -19,10 +19,10 @@ from .train import CheckpointError, TrainConfig, checkpoint_for, fit, load_check
 from .lod import LoDDataset
 
 # %% auto #0
-__all__ = ['GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config', 'train_generator',
-           'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine',
-           'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits', 'sample',
-           'sampling_slider', 'token_map_fig', 'class_gallery', 'complete', 'completion_fig']
+__all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config',
+           'train_generator', 'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter',
+           'cfg_combine', 'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits',
+           'sample', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete', 'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -99,11 +99,15 @@ def cache_tokens(tokenizer, dataset, batch_size: int = 64, teacher: bool | str =
                           torch.cat(poss) if teacher and poss[0] is not None else None, slot, list(cats) if cats is not None else None)
 
 # %% ../nbs/10_generate.ipynb #36f92980
-def next_scale_loss(model, batch: dict, tokenizer=None) -> dict:
-    """Cross-entropy per token, averaged within each scale, then across scales.
+LOSS_WEIGHTINGS = ('scale', 'token')
+
+def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale') -> dict:
+    """Cross-entropy per token, averaged within each scale, then across scales (`weighting='scale'`), or over all
+    L tokens at once (`'token'`: scale k weighs s_k / L).
 
     `batch`: `tokens` (B, L), `label` (B,), and `feat`/`pos`/`slot` (or a `tokenizer` to compute them).
     Returns `loss` plus detached `loss_k` and `acc_k` (top-1 accuracy) for every scale k."""
+    if weighting not in LOSS_WEIGHTINGS: raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
     dev, net = next(model.parameters()).device, getattr(model, 'module', model)   # (DDP wraps the model)
     tokens, labels = batch['tokens'].to(dev), batch['label'].to(dev)
     if 'feat' in batch:
@@ -115,7 +119,8 @@ def next_scale_loss(model, batch: dict, tokenizer=None) -> dict:
     ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction='none').view(tokens.shape)
     hit = (logits.argmax(-1) == tokens).float()                                               # (B, L)
     per_scale = torch.stack([c.mean() for c in ce.split(net.scales, 1)])                      # (K,)
-    out = dict(loss=per_scale.mean())
+    w = torch.tensor(net.scales, dtype=per_scale.dtype, device=dev) if weighting == 'token' else torch.ones_like(per_scale)
+    out = dict(loss=(w * per_scale).sum() / w.sum())
     for k, (l_k, h_k) in enumerate(zip(per_scale, hit.split(net.scales, 1))):
         out[f'loss_{k}'], out[f'acc_{k}'] = l_k.detach(), h_k.mean().detach()
     return out
@@ -133,11 +138,13 @@ def generator_train_config(preset: str = 'nano', **overrides) -> TrainConfig:
     return TrainConfig.preset(preset, **{**GENERATOR_TRAIN.get(preset, {}), **overrides})
 
 def train_generator(tokenizer, data, cfg: TransformerConfig | str = 'nano', train_cfg: TrainConfig | None = None,
-                    device=None, ckpt_path=None, n_classes: int | None = None, resume: bool = True, **fit_kw):
+                    device=None, ckpt_path=None, n_classes: int | None = None, resume: bool = True,
+                    loss_weighting: str = 'scale', **fit_kw):
     """Train a `ScaleTransformer` on the tokens of `data` (a dataset, or `TokenSequences` from `cache_tokens`).
 
     `cfg`: a `TransformerConfig` or preset name (`'auto'`: small on a GPU, nano elsewhere). `train_cfg`
-    defaults to `generator_train_config(preset)`. With `ckpt_path` the run is checkpointed there (and resumed),
+    defaults to `generator_train_config(preset)`. `loss_weighting`: `next_scale_loss`'s `weighting` ('scale': every
+    scale weighs the same; 'token': every token). With `ckpt_path` the run is checkpointed there (and resumed),
     and `load_generator(ckpt_path)` gives the model back. Returns `(model, history)`; the model is the EMA copy
     when `train_cfg.ema_decay > 0`, in eval mode."""
     device = default_device(None if device is None else str(device))
@@ -152,7 +159,7 @@ def train_generator(tokenizer, data, cfg: TransformerConfig | str = 'nano', trai
     train_cfg = train_cfg or generator_train_config(auto_preset(device) if preset == 'auto' else preset)
     torch.manual_seed(train_cfg.seed)                  # the initial weights depend on the seed only
     model = ScaleTransformer.for_tokenizer(cfg, tokenizer, n_classes)
-    loss_fn = next_scale_loss if seqs.has_teacher else partial(next_scale_loss, tokenizer=tokenizer)
+    loss_fn = partial(next_scale_loss, weighting=loss_weighting, tokenizer=None if seqs.has_teacher else tokenizer)
     hist = fit(model, seqs.sampler(train_cfg.batch_size, train_cfg.seed), loss_fn, train_cfg, ckpt_path=ckpt_path,
                resume=resume, device=device, **fit_kw)
     best = hist.ema_model if hist.ema_model is not None else hist.model

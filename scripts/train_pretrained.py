@@ -46,7 +46,7 @@ from nsp_explore.train import fit
 from nsp_explore.train_tokenizer import calibrate_recon_scale, tokenizer_datasets, tokenizer_loss, tokenizer_train_config, _val_cd
 from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
 from nsp_explore.transformer import ScaleTransformer, TransformerConfig
-from nsp_explore.generate import cache_tokens, generator_train_config, next_scale_loss
+from nsp_explore.generate import LOSS_WEIGHTINGS, cache_tokens, generator_train_config, next_scale_loss
 
 
 def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=None, seed: int = 0, batch_size: int = 32,
@@ -82,13 +82,14 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
 
 
 def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None,
-                          max_teacher_gb: float = 8.0, init=None, lr: float | None = None):
+                          max_teacher_gb: float = 8.0, init=None, lr: float | None = None, loss_weighting: str = 'scale'):
     """The pair's second stage: a nano `ScaleTransformer` trained on `tok`'s tokens of `train` (one sequence per FPS
     trajectory, `tok.cfg.fps_trajectories` passes). The transformer's inputs are cached beside the tokens when they fit
     in `max_teacher_gb` (640 shapes per class need 2.3 GB); past that each batch decodes its own from the tokenizer
     (same inputs, slower steps). `init`: a generator checkpoint to start from (a warm restart: its config, not
     `gen_cfg`; best with a new `seed`, so the batches are not the first run's again, and a smaller `lr`).
-    Returns `(generator, record)`."""
+    `loss_weighting`: `next_scale_loss`'s `weighting` ('scale', the default, or 'token'). Returns `(generator, record)`."""
+    if loss_weighting not in LOSS_WEIGHTINGS: raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
     device = default_device(None if device is None else str(device))
     t0 = time.time()
     seqs = cache_tokens(tok, train, passes=tok.cfg.fps_trajectories, device=device, max_teacher_gb=max_teacher_gb)
@@ -105,20 +106,22 @@ def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 
     gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,
                                   warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20),
                                   **({} if lr is None else dict(lr=lr)))
-    loss_fn = next_scale_loss if seqs.has_teacher else partial(next_scale_loss, tokenizer=tok)
+    loss_fn = partial(next_scale_loss, weighting=loss_weighting, tokenizer=None if seqs.has_teacher else tok)
     hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), loss_fn, gcfg, device=device)
     return gen, dict(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(),
-                     generator_loss=hg.last('loss'), n_train_shapes=len(train), generator_init=None if init is None else str(init))
+                     generator_loss=hg.last('loss'), n_train_shapes=len(train), generator_init=None if init is None else str(init),
+                     generator_loss_weighting=loss_weighting,
+                     generator_loss_per_scale=[round(hg.last(f'loss_{k}'), 4) for k in range(len(tok.scales))])
 
 
 def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=None, generator_batch: int = 64, gen_cfg=None,
                       n_train: int | None = None, n_val: int | None = None, command: str | None = None,
-                      seed: int | None = None, init=None, lr: float | None = None):
+                      seed: int | None = None, init=None, lr: float | None = None, loss_weighting: str = 'scale'):
     """Stage two alone: a new generator on the tokenizer of the pair in `pair_dir` (its seed and training shapes;
     `n_train` shapes per category instead of the data default, built in the tokenizer's frame; a generator `seed`
     other than the pair's), saved with that tokenizer and its record (scores dropped: they were the old generator's)
     as the pair folder `out` (may be `pair_dir`). `init` / `lr`: start from that generator checkpoint at that peak
-    learning rate (`train_generator_stage`). Returns `(tokenizer, generator, val dataset, record)`."""
+    learning rate, `loss_weighting` ('scale' or 'token'): how the scales' losses are averaged (`train_generator_stage`). Returns `(tokenizer, generator, val dataset, record)`."""
     from nsp_explore.train_tokenizer import load_tokenizer
     pair_dir, out = Path(pair_dir), Path(out)
     dev = default_device(None if device is None else str(device))
@@ -127,7 +130,8 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
     train, val = tokenizer_datasets(tok.cfg, seed=info.get('seed', 0), n_train=n_train, n_val=n_val,
                                     normalizer=tok.normalizer())     # the tokenizer's frame, whatever n_train is
     gen_seed = info.get('seed', 0) if seed is None else int(seed)
-    gen, grec = train_generator_stage(tok, train, generator_steps, dev, gen_seed, generator_batch, gen_cfg, init=init, lr=lr)
+    gen, grec = train_generator_stage(tok, train, generator_steps, dev, gen_seed, generator_batch, gen_cfg, init=init, lr=lr,
+                                      loss_weighting=loss_weighting)
     rec = {k: v for k, v in info.items() if k not in ('scores', 'scores_sampling')}
     rec.update(grec, generator_seed=gen_seed, generator_command=command or ' '.join(sys.argv), generator_device=str(dev),
                generator_config={k: v for k, v in gen.cfg.to_dict().items()
@@ -219,6 +223,9 @@ if __name__ == '__main__':
                     '--tokenizer-from OUT --generator-init trains its generator)')
     ap.add_argument('--tokenizer-lr', type=float, default=None, help="with --tokenizer-init: the peak learning rate "
                     "(default: a quarter of the preset's 2e-3)")
+    ap.add_argument('--generator-loss', default='scale', choices=LOSS_WEIGHTINGS, help="how the generator's loss "
+                    "averages its scales: 'scale' (each scale weighs the same, the default) or 'token' (each token: the "
+                    "finest scale dominates)")
     a = ap.parse_args()
     if a.generator_init and not a.tokenizer_from: ap.error('--generator-init needs --tokenizer-from')
     if a.tokenizer_init and a.tokenizer_from: ap.error('--tokenizer-init and --tokenizer-from exclude each other')
@@ -230,7 +237,8 @@ if __name__ == '__main__':
     gen_cfg = None if a.generator_width is None else TransformerConfig.preset('nano', d_model=a.generator_width)
     if a.tokenizer_from:
         rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg,
-                                n_train=a.n_train, seed=a.seed, init=a.generator_init, lr=a.generator_lr)[3]
+                                n_train=a.n_train, seed=a.seed, init=a.generator_init, lr=a.generator_lr,
+                                loss_weighting=a.generator_loss)[3]
         print(json.dumps(rec, indent=2, default=str)); sys.exit()
     over = {} if a.scales is None else dict(scales=tuple(int(s) for s in a.scales.split(',')))
     if a.sibling_slots: over['sibling_slots'] = True

@@ -316,6 +316,26 @@ def test_retrain_generator_warm_start(tmp_path):
         retrain_generator(src, 1, tmp_path / 'bad', 'cpu', generator_batch=4, n_train=1, n_val=1, init=tmp_path / 'three_classes.pt')
 
 
+def test_retrain_generator_loss_weighting_reaches_the_loss_and_the_record(tmp_path):
+    """train_pretrained.py --generator-loss: 'scale' trains on the mean of the per-scale losses, 'token' on their mean
+    weighted by tokens per scale; the record says which, with the per-scale losses; an unknown name is refused."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import retrain_generator
+    from nsp_explore.transformer import TransformerConfig
+    src, cfg = ROOT / 'data_samples' / 'pretrained', TransformerConfig.preset('nano', d_model=32)
+    scales = json.loads((src / 'nano.json').read_text())['tokenizer_config']['scales']
+    recs = {w: retrain_generator(src, 1, tmp_path / w, 'cpu', generator_batch=4, n_train=1, n_val=1, gen_cfg=cfg,
+                                 loss_weighting=w)[3] for w in ('scale', 'token')}
+    for w, rec in recs.items():
+        per = rec['generator_loss_per_scale']
+        weights = scales if w == 'token' else [1] * len(scales)
+        assert rec['generator_loss_weighting'] == w and len(per) == len(scales)
+        assert rec['generator_loss'] == pytest.approx(sum(a * b for a, b in zip(weights, per)) / sum(weights), abs=2e-4)
+    assert recs['scale']['generator_loss_per_scale'] == pytest.approx(recs['token']['generator_loss_per_scale'], abs=1e-4)  # same first step
+    with pytest.raises(ValueError, match="must be one of"):
+        retrain_generator(src, 1, tmp_path / 'bad', 'cpu', generator_batch=4, n_train=1, n_val=1, gen_cfg=cfg, loss_weighting='tokens')
+
+
 def test_continue_tokenizer_then_warm_generator_makes_a_pair(tmp_path):
     """train_pretrained.py --tokenizer-init: the pair's tokenizer trains on from its weights, in its frame (raw decoder,
     calibrated again), saved alone (the old generator no longer fits its codes); --tokenizer-from that folder with
