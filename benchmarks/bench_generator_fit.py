@@ -1,6 +1,6 @@
 """Does the generator under-fit or over-fit, and at which scale? Teacher-forced cross-entropy per token scale.
 
-    python benchmarks/bench_generator_fit.py                           # the shipped nano pair (~8 min on 2 cores)
+    python benchmarks/bench_generator_fit.py                           # the shipped nano pair (~11 min on 2 cores)
     python benchmarks/bench_generator_fit.py --dir D --n-train 4 --n-heldout 2   # another pair folder, smaller
 
 The pair's tokenizer encodes `--n-train` of the generator's own training shapes per category and `--n-heldout`
@@ -33,10 +33,9 @@ def split_sequences(tok, split: str, n: int):
     if split == 'train':                                             # as the generator stage builds them
         ds = tokenizer_datasets(tok.cfg, n_train=n, n_val=1, seed=seed, normalizer=frame)[0]
     else:
-        lod_scales = tok.cfg.scales + ((tok.cfg.n_points,) if tok.cfg.points_per_leaf > 1 else ())
         shapes = SyntheticShapes(split, tok.info.get('categories'), n, n_points=tok.cfg.n_points, seed=seed,
                                  resample=False, normalizer=frame)
-        ds = LoDDataset(shapes, lod_scales, n_trajectories=T, seed=seed, verbose=False)
+        ds = LoDDataset(shapes, tok.lod_scales, n_trajectories=T, seed=seed, verbose=False)
     return cache_tokens(tok, ds, passes=T)
 
 
