@@ -22,7 +22,8 @@ from .lod import LoDDataset
 __all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config',
            'train_generator', 'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter',
            'cfg_combine', 'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits',
-           'sample', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete', 'completion_fig']
+           'sample', 'sample_two_stage', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete',
+           'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -376,6 +377,22 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     cat = lambda key: [torch.cat([o[key][k] for o in outs]) for k in range(len(outs[0][key]))]
     return dict(points=torch.cat([o['points'] for o in outs]).float(), scale_points=[p.float() for p in cat('scale_points')],
                 indices=cat('indices'), labels=labels)
+
+# %% ../nbs/10_generate.ipynb #2d9a7203
+def sample_two_stage(coarse_model, fine_model, tokenizer, coarse_scales: int, n: int | None = None, labels=None,
+                     seed: int | None = None, generator: torch.Generator | None = None, **sample_kw) -> dict:
+    """Scales 1..`coarse_scales` sampled by `coarse_model`, the finer ones by `fine_model` given them (both trained on
+    `tokenizer`'s tokens). `sample_kw`: `sample`'s settings (temperature, top_p, ...), used by both. Returns `sample`'s
+    dict (from the second call) plus `coarse_scales`."""
+    K = len(tokenizer.scales)
+    if not 1 <= coarse_scales < K: raise ValueError(f"coarse_scales must be in 1..{K - 1}, got {coarse_scales}")
+    if 'fixed_indices' in sample_kw: raise ValueError("sample_two_stage draws every scale: no fixed_indices")
+    if generator is None:
+        generator = torch.Generator(next(fine_model.parameters()).device).manual_seed(0 if seed is None else seed)
+    first = sample(coarse_model, tokenizer, n=n, labels=labels, generator=generator, **sample_kw)
+    out = sample(fine_model, tokenizer, labels=first['labels'], generator=generator,
+                 fixed_indices=first['indices'][:coarse_scales], **sample_kw)
+    return dict(out, coarse_scales=coarse_scales)
 
 # %% ../nbs/10_generate.ipynb #4dc11bc6
 def sampling_slider(out: dict, i: int = 0, keep_previous: bool = True, title: str | None = None, **kw):

@@ -17,7 +17,7 @@ import torch
 
 from _common import print_table, save_results
 from nsp_explore.data import SyntheticShapes
-from nsp_explore.generate import load_pretrained, sample
+from nsp_explore.generate import load_pretrained, sample, sample_two_stage
 from nsp_explore.metrics import compute_all_metrics, copy_ratio, duplicate_fraction
 
 
@@ -44,9 +44,14 @@ def main():
     ap.add_argument('--seed', type=int, default=0, help='sample seed: class c samples with seed c + 1000 * SEED '
                     '(0: the recorded scores; other seeds measure how much one draw of samples moves the scores)')
     ap.add_argument('--no-write', action='store_true', help='do not write the scores into the pair\'s json')
+    ap.add_argument('--coarse-dir', default=None, help="a pair folder whose generator draws the first --coarse-scales "
+                    "scales (sample_two_stage; --dir's generator draws the rest); both folders must hold the same tokenizer")
+    ap.add_argument('--coarse-scales', type=int, default=None, help='with --coarse-dir: how many scales its generator draws')
     a = ap.parse_args()
     if a.refs == 'val' and not a.no_recon: ap.error('--refs val scores samples only: add --no-recon')
     if a.no_samples and a.no_recon: ap.error('--no-samples with --no-recon leaves nothing to score')
+    if (a.coarse_dir is None) != (a.coarse_scales is None): ap.error('--coarse-dir and --coarse-scales go together')
+    if a.coarse_dir is not None and a.no_samples: ap.error('--coarse-dir draws samples: not with --no-samples')
     if a.no_samples:                                                  # the tokenizer alone: no generator needed
         from nsp_explore.train_tokenizer import load_tokenizer
         d = Path(a.dir) if a.dir else ROOT / 'data_samples' / 'pretrained'
@@ -54,6 +59,13 @@ def main():
         tok.info = json.loads((d / f'{a.name}.json').read_text()) if (d / f'{a.name}.json').exists() else {}
     else:
         tok, gen = load_pretrained(a.name, directory=a.dir)
+    coarse = None
+    if a.coarse_dir is not None:                                      # a second generator for the coarse scales
+        tok_c, coarse = load_pretrained(a.name, directory=a.coarse_dir)
+        if tok_c.state_dict().keys() != tok.state_dict().keys() or not all(
+                torch.equal(u, v) for u, v in zip(tok_c.state_dict().values(), tok.state_dict().values())):
+            raise ValueError(f"--coarse-dir {a.coarse_dir}: its tokenizer differs from --dir's; both generators must be "
+                             "trained on the same tokenizer's tokens")
     cats, N = tok.info.get('categories'), tok.n_points
     frame = tok.normalizer()                                          # the training data's statistics, from the checkpoint
     mean, std = frame.mean, frame.std
@@ -75,7 +87,9 @@ def main():
         refs = torch.stack([test[i]['points'] for i in range(len(test))])
         tr_c = SyntheticShapes('train', [cat], n_gen, n_points=N, resample=False, normalizer=frame)
         tr_c = torch.stack([tr_c[i]['points'] for i in range(len(tr_c))])          # this class's generator training shapes
-        smp = None if gen is None else sample(gen, tok, labels=torch.full((a.n,), c), seed=c + 1000 * a.seed, **kw)['points']
+        lab, sd = torch.full((a.n,), c), c + 1000 * a.seed
+        smp = (None if gen is None else sample(gen, tok, labels=lab, seed=sd, **kw)['points'] if coarse is None
+               else sample_two_stage(coarse, gen, tok, a.coarse_scales, labels=lab, seed=sd, **kw)['points'])
         with torch.no_grad(): rec = None if a.no_recon else tok(torch.stack([val[i]['points'] for i in range(len(val))])).x_hat
         ref_m = None
         kinds = ((('samples', smp),) if gen is not None else ()) + ((('tokenizer_recon', rec),) if not a.no_recon else ())
@@ -100,8 +114,9 @@ def main():
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
     tag = f'_{a.tag}' if a.tag else ''
     save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, sample_seed=a.seed, refs=a.refs,
-                 eval_s=time.time() - t0, info=tok.info)
+                 eval_s=time.time() - t0, info=tok.info, coarse_dir=a.coarse_dir, coarse_scales=a.coarse_scales)
     if a.no_write: return
+    if coarse is not None: print("--coarse-dir: two generators' scores, not written into the pair's json"); return
     if a.seed: print(f"--seed {a.seed}: not written into the pair's json (its scores are the seed-0 draw)"); return
     p = (Path(a.dir) if a.dir else ROOT / 'data_samples' / 'pretrained') / f'{a.name}.json'
     rec = json.loads(p.read_text()); rec['scores'] = rows; rec['scores_sampling'] = kw

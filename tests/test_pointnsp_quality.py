@@ -383,6 +383,39 @@ def test_eval_pretrained_scores_a_lone_tokenizer(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match='no pretrained pair'): eval_pretrained.main()
 
 
+def test_eval_pretrained_two_generators(tmp_path, monkeypatch):
+    """eval_pretrained.py --coarse-dir D --coarse-scales M: each class's samples come from sample_two_stage (D's generator
+    for scales 1..M, --dir's for the rest) under the protocol's seed; the meta records both; the pair's json is not
+    overwritten; a coarse folder with another tokenizer is refused."""
+    sys.path.insert(0, str(ROOT / 'scripts')); sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import shutil, _common, eval_pretrained
+    from nsp_explore.generate import load_pretrained as real_load
+    src, d = ROOT / 'data_samples' / 'pretrained', tmp_path / 'pair'
+    shutil.copytree(src, d)
+    before = (d / 'nano.json').read_bytes()
+    monkeypatch.setattr(_common, 'RESULTS', tmp_path / 'results')
+    calls, real_two = [], eval_pretrained.sample_two_stage
+    def spy(coarse, fine, tok, m, **kw):
+        calls.append((m, kw['seed'], coarse is fine)); return real_two(coarse, fine, tok, m, **kw)
+    monkeypatch.setattr(eval_pretrained, 'sample_two_stage', spy)
+    argv = ['eval_pretrained.py', '--dir', str(d), '--n', '2', '--metrics', 'cd', '--no-recon', '--tag', 'two', '--seed', '1']
+    monkeypatch.setattr(sys, 'argv', argv + ['--coarse-dir', str(src), '--coarse-scales', '3'])
+    eval_pretrained.main()
+    assert calls == [(3, c + 1000, False) for c in range(10)]            # two loaded generators, the protocol's seeds
+    res = json.loads(next((tmp_path / 'results').glob('pretrained_nano_two_*.json')).read_text())
+    assert res['meta']['coarse_dir'] == str(src) and res['meta']['coarse_scales'] == 3
+    assert all(0 <= r['1-NNA-CD'] <= 1 for r in res['rows']) and (d / 'nano.json').read_bytes() == before
+    def other_tokenizer(name, directory=None):
+        tok, gen = real_load(name, directory=directory)
+        if Path(directory) == src:
+            with torch.no_grad(): next(tok.parameters()).add_(1e-3)
+        return tok, gen
+    monkeypatch.setattr(eval_pretrained, 'load_pretrained', other_tokenizer)
+    with pytest.raises(ValueError, match='its tokenizer differs'): eval_pretrained.main()
+    monkeypatch.setattr(sys, 'argv', argv + ['--coarse-dir', str(src)])
+    with pytest.raises(SystemExit): eval_pretrained.main()
+
+
 def test_generator_stage_without_cached_teacher_inputs_trains_the_same_generator():
     """The pair's generator stage when the transformer inputs do not fit the cache (640 shapes per class once did:
     the script crashed with 'the batch has no teacher inputs'): each batch decodes them from the tokenizer, and the
