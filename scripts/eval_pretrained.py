@@ -6,6 +6,9 @@ mixed-class row. Beside the scores, two things they cannot see: `dup_frac` (poin
 << 1 copies). Writes benchmarks/results/pretrained_<name>_cpu.json and updates data_samples/pretrained/<name>.json.
 
     python scripts/eval_pretrained.py --name nano --n 50
+
+`--coarse-dir D --coarse-scales M` scores two generators on one tokenizer (generate.sample_two_stage): D's generator
+draws scales 1..M and --dir's the rest; those scores are never written into a pair's json.
 """
 from __future__ import annotations
 import argparse, json, sys, time
