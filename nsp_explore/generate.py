@@ -100,11 +100,12 @@ def cache_tokens(tokenizer, dataset, batch_size: int = 64, teacher: bool | str =
                           torch.cat(poss) if teacher and poss[0] is not None else None, slot, list(cats) if cats is not None else None)
 
 # %% ../nbs/10_generate.ipynb #36f92980
-LOSS_WEIGHTINGS = ('scale', 'token')
+LOSS_WEIGHTINGS = ('scale', 'token', 'mixed')
 
 def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale') -> dict:
     """Cross-entropy per token, averaged within each scale, then across scales (`weighting='scale'`), or over all
-    L tokens at once (`'token'`: scale k weighs s_k / L).
+    L tokens at once (`'token'`: scale k weighs s_k / L), or halfway between (`'mixed'`: scale k weighs
+    (1/K + s_k/L) / 2).
 
     `batch`: `tokens` (B, L), `label` (B,), and `feat`/`pos`/`slot` (or a `tokenizer` to compute them).
     Returns `loss` plus detached `loss_k` and `acc_k` (top-1 accuracy) for every scale k."""
@@ -120,8 +121,10 @@ def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale'
     ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction='none').view(tokens.shape)
     hit = (logits.argmax(-1) == tokens).float()                                               # (B, L)
     per_scale = torch.stack([c.mean() for c in ce.split(net.scales, 1)])                      # (K,)
-    w = torch.tensor(net.scales, dtype=per_scale.dtype, device=dev) if weighting == 'token' else torch.ones_like(per_scale)
-    out = dict(loss=(w * per_scale).sum() / w.sum())
+    by_token = torch.tensor(net.scales, dtype=per_scale.dtype, device=dev) / sum(net.scales)   # (K,) s_k / L
+    by_scale = torch.full_like(per_scale, 1 / len(net.scales))                                  # (K,) 1 / K
+    w = dict(scale=by_scale, token=by_token, mixed=(by_scale + by_token) / 2)[weighting]       # (K,) sums to 1
+    out = dict(loss=(w * per_scale).sum())
     for k, (l_k, h_k) in enumerate(zip(per_scale, hit.split(net.scales, 1))):
         out[f'loss_{k}'], out[f'acc_{k}'] = l_k.detach(), h_k.mean().detach()
     return out
@@ -145,7 +148,7 @@ def train_generator(tokenizer, data, cfg: TransformerConfig | str = 'nano', trai
 
     `cfg`: a `TransformerConfig` or preset name (`'auto'`: small on a GPU, nano elsewhere). `train_cfg`
     defaults to `generator_train_config(preset)`. `loss_weighting`: `next_scale_loss`'s `weighting` ('scale': every
-    scale weighs the same; 'token': every token). With `ckpt_path` the run is checkpointed there (and resumed),
+    scale weighs the same; 'token': every token; 'mixed': halfway). With `ckpt_path` the run is checkpointed there (and resumed),
     and `load_generator(ckpt_path)` gives the model back. Returns `(model, history)`; the model is the EMA copy
     when `train_cfg.ema_decay > 0`, in eval mode."""
     device = default_device(None if device is None else str(device))

@@ -88,7 +88,7 @@ def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 
     in `max_teacher_gb` (640 shapes per class need 2.3 GB); past that each batch decodes its own from the tokenizer
     (same inputs, slower steps). `init`: a generator checkpoint to start from (a warm restart: its config, not
     `gen_cfg`; best with a new `seed`, so the batches are not the first run's again, and a smaller `lr`).
-    `loss_weighting`: `next_scale_loss`'s `weighting` ('scale', the default, or 'token'). Returns `(generator, record)`."""
+    `loss_weighting`: `next_scale_loss`'s `weighting` ('scale', the default, 'token' or 'mixed'). Returns `(generator, record)`."""
     if loss_weighting not in LOSS_WEIGHTINGS: raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
     device = default_device(None if device is None else str(device))
     t0 = time.time()
@@ -121,7 +121,7 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
     `n_train` shapes per category instead of the data default, built in the tokenizer's frame; a generator `seed`
     other than the pair's), saved with that tokenizer and its record (scores dropped: they were the old generator's)
     as the pair folder `out` (may be `pair_dir`). `init` / `lr`: start from that generator checkpoint at that peak
-    learning rate, `loss_weighting` ('scale' or 'token'): how the scales' losses are averaged (`train_generator_stage`). Returns `(tokenizer, generator, val dataset, record)`."""
+    learning rate, `loss_weighting` ('scale', 'token' or 'mixed'): how the scales' losses are averaged (`train_generator_stage`). Returns `(tokenizer, generator, val dataset, record)`."""
     from nsp_explore.train_tokenizer import load_tokenizer
     pair_dir, out = Path(pair_dir), Path(out)
     dev = default_device(None if device is None else str(device))
@@ -224,8 +224,8 @@ if __name__ == '__main__':
     ap.add_argument('--tokenizer-lr', type=float, default=None, help="with --tokenizer-init: the peak learning rate "
                     "(default: a quarter of the preset's 2e-3)")
     ap.add_argument('--generator-loss', default='scale', choices=LOSS_WEIGHTINGS, help="how the generator's loss "
-                    "averages its scales: 'scale' (each scale weighs the same, the default) or 'token' (each token: the "
-                    "finest scale dominates)")
+                    "averages its scales: 'scale' (each scale weighs the same, the default), 'token' (each token: the "
+                    "finest scale dominates) or 'mixed' (the average of the two weightings)")
     a = ap.parse_args()
     if a.generator_init and not a.tokenizer_from: ap.error('--generator-init needs --tokenizer-from')
     if a.tokenizer_init and a.tokenizer_from: ap.error('--tokenizer-init and --tokenizer-from exclude each other')

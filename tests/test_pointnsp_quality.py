@@ -318,20 +318,24 @@ def test_retrain_generator_warm_start(tmp_path):
 
 def test_retrain_generator_loss_weighting_reaches_the_loss_and_the_record(tmp_path):
     """train_pretrained.py --generator-loss: 'scale' trains on the mean of the per-scale losses, 'token' on their mean
-    weighted by tokens per scale; the record says which, with the per-scale losses; an unknown name is refused."""
+    weighted by tokens per scale, 'mixed' on the average of those two weightings; the record says which, with the
+    per-scale losses; an unknown name is refused."""
     sys.path.insert(0, str(ROOT / 'scripts'))
     from train_pretrained import retrain_generator
     from nsp_explore.transformer import TransformerConfig
     src, cfg = ROOT / 'data_samples' / 'pretrained', TransformerConfig.preset('nano', d_model=32)
     scales = json.loads((src / 'nano.json').read_text())['tokenizer_config']['scales']
     recs = {w: retrain_generator(src, 1, tmp_path / w, 'cpu', generator_batch=4, n_train=1, n_val=1, gen_cfg=cfg,
-                                 loss_weighting=w)[3] for w in ('scale', 'token')}
+                                 loss_weighting=w)[3] for w in ('scale', 'token', 'mixed')}
+    K, L = len(scales), sum(scales)
+    weights = dict(scale=[1 / K] * K, token=[s / L for s in scales], mixed=[(1 / K + s / L) / 2 for s in scales])
     for w, rec in recs.items():
         per = rec['generator_loss_per_scale']
-        weights = scales if w == 'token' else [1] * len(scales)
         assert rec['generator_loss_weighting'] == w and len(per) == len(scales)
-        assert rec['generator_loss'] == pytest.approx(sum(a * b for a, b in zip(weights, per)) / sum(weights), abs=2e-4)
-    assert recs['scale']['generator_loss_per_scale'] == pytest.approx(recs['token']['generator_loss_per_scale'], abs=1e-4)  # same first step
+        assert rec['generator_loss'] == pytest.approx(sum(a * b for a, b in zip(weights[w], per)), abs=2e-4)
+    for w in ('token', 'mixed'):                                       # same first step: same per-scale losses
+        assert recs['scale']['generator_loss_per_scale'] == pytest.approx(recs[w]['generator_loss_per_scale'], abs=1e-4)
+    assert recs['token']['generator_loss'] != pytest.approx(recs['mixed']['generator_loss'], abs=1e-3)
     with pytest.raises(ValueError, match="must be one of"):
         retrain_generator(src, 1, tmp_path / 'bad', 'cpu', generator_batch=4, n_train=1, n_val=1, gen_cfg=cfg, loss_weighting='tokens')
 
