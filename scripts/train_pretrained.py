@@ -23,7 +23,9 @@ shapes by `scripts/eval_pretrained.py`.
 `--tokenizer-from DIR` keeps the tokenizer of the pair folder DIR and trains only a new generator (with
 `--generator-width W`, a d_model other than nano's 64): how benchmarks/bench_generator_steps.py and the wider-generator
 experiment of lesson 10 were made; `--generator-init CKPT --generator-lr LR` (with `--tokenizer-from`, and best a new
-`--seed`) continues a generator from a checkpoint instead of a fresh start. `--tokenizer-init DIR` continues the
+`--seed`) continues a generator from a checkpoint instead of a fresh start; `--generator-ckpt PATH` keeps a training
+checkpoint there (every 100 steps and on Ctrl-C / SIGTERM) and the same command run again resumes it exactly, so a
+two-hour CPU run can span several sittings. `--tokenizer-init DIR` continues the
 tokenizer of the pair folder DIR (its weights and its frame) for `--tokenizer-steps` more steps on `--n-train` shapes per
 category at `--tokenizer-lr` (default 5e-4), and saves that tokenizer alone to `--out`: its codes move, so a generator must
 then be trained on it (`--tokenizer-from OUT`, best with `--generator-init DIR/nano_generator.pt`);
@@ -42,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from nsp_explore.core import default_device, versions
-from nsp_explore.train import fit
+from nsp_explore.train import TrainingInterrupted, fit
 from nsp_explore.train_tokenizer import calibrate_recon_scale, tokenizer_datasets, tokenizer_loss, tokenizer_train_config, _val_cd
 from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
 from nsp_explore.transformer import ScaleTransformer, TransformerConfig
@@ -82,13 +84,17 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
 
 
 def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None,
-                          max_teacher_gb: float = 8.0, init=None, lr: float | None = None, loss_weighting: str = 'scale'):
+                          max_teacher_gb: float = 8.0, init=None, lr: float | None = None, loss_weighting: str = 'scale',
+                          ckpt_path=None, ckpt_every: int = 100, **fit_kw):
     """The pair's second stage: a nano `ScaleTransformer` trained on `tok`'s tokens of `train` (one sequence per FPS
     trajectory, `tok.cfg.fps_trajectories` passes). The transformer's inputs are cached beside the tokens when they fit
     in `max_teacher_gb` (640 shapes per class need 2.3 GB); past that each batch decodes its own from the tokenizer
     (same inputs, slower steps). `init`: a generator checkpoint to start from (a warm restart: its config, not
     `gen_cfg`; best with a new `seed`, so the batches are not the first run's again, and a smaller `lr`).
-    `loss_weighting`: `next_scale_loss`'s `weighting` ('scale', the default, 'token' or 'mixed'). Returns `(generator, record)`."""
+    `loss_weighting`: `next_scale_loss`'s `weighting` ('scale', the default, 'token' or 'mixed'). `ckpt_path`: a training
+    checkpoint (weights, optimizer, schedule, RNG) written there every `ckpt_every` steps and on Ctrl-C / SIGTERM; the same
+    call again resumes it exactly (a run longer than one sitting). `fit_kw` goes to `fit` (e.g. `callbacks`).
+    Returns `(generator, record)`."""
     if loss_weighting not in LOSS_WEIGHTINGS: raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
     device = default_device(None if device is None else str(device))
     t0 = time.time()
@@ -105,10 +111,12 @@ def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 
         gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
     gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,
                                   warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20),
-                                  **({} if lr is None else dict(lr=lr)))
+                                  ckpt_every=ckpt_every if ckpt_path is not None else 0, **({} if lr is None else dict(lr=lr)))
     loss_fn = partial(next_scale_loss, weighting=loss_weighting, tokenizer=None if seqs.has_teacher else tok)
-    hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), loss_fn, gcfg, device=device)
-    return gen, dict(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(),
+    hg = fit(gen, seqs.sampler(gcfg.batch_size, gcfg.seed), loss_fn, gcfg, device=device, ckpt_path=ckpt_path, **fit_kw)
+    resumed = dict(generator_resumed_at_step=hg.start_step, generator_s_note='the wall time of the last call only: it '
+                   'resumed the checkpoint at generator_resumed_at_step') if hg.start_step else {}
+    return gen, dict(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(), **resumed,
                      generator_loss=hg.last('loss'), n_train_shapes=len(train), generator_init=None if init is None else str(init),
                      generator_loss_weighting=loss_weighting,
                      generator_loss_per_scale=[round(hg.last(f'loss_{k}'), 4) for k in range(len(tok.scales))])
@@ -116,12 +124,13 @@ def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 
 
 def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=None, generator_batch: int = 64, gen_cfg=None,
                       n_train: int | None = None, n_val: int | None = None, command: str | None = None,
-                      seed: int | None = None, init=None, lr: float | None = None, loss_weighting: str = 'scale'):
+                      seed: int | None = None, init=None, lr: float | None = None, loss_weighting: str = 'scale', **stage_kw):
     """Stage two alone: a new generator on the tokenizer of the pair in `pair_dir` (its seed and training shapes;
     `n_train` shapes per category instead of the data default, built in the tokenizer's frame; a generator `seed`
     other than the pair's), saved with that tokenizer and its record (scores dropped: they were the old generator's)
     as the pair folder `out` (may be `pair_dir`). `init` / `lr`: start from that generator checkpoint at that peak
-    learning rate, `loss_weighting` ('scale', 'token' or 'mixed'): how the scales' losses are averaged (`train_generator_stage`). Returns `(tokenizer, generator, val dataset, record)`."""
+    learning rate, `loss_weighting` ('scale', 'token' or 'mixed'): how the scales' losses are averaged; `stage_kw`
+    (`ckpt_path`, `ckpt_every`, `fit`'s keywords): `train_generator_stage`'s. Returns `(tokenizer, generator, val dataset, record)`."""
     from nsp_explore.train_tokenizer import load_tokenizer
     pair_dir, out = Path(pair_dir), Path(out)
     dev = default_device(None if device is None else str(device))
@@ -131,7 +140,7 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
                                     normalizer=tok.normalizer())     # the tokenizer's frame, whatever n_train is
     gen_seed = info.get('seed', 0) if seed is None else int(seed)
     gen, grec = train_generator_stage(tok, train, generator_steps, dev, gen_seed, generator_batch, gen_cfg, init=init, lr=lr,
-                                      loss_weighting=loss_weighting)
+                                      loss_weighting=loss_weighting, **stage_kw)
     rec = {k: v for k, v in info.items() if k not in ('scores', 'scores_sampling')}
     rec.update(grec, generator_seed=gen_seed, generator_command=command or ' '.join(sys.argv), generator_device=str(dev),
                generator_config={k: v for k, v in gen.cfg.to_dict().items()
@@ -226,8 +235,14 @@ if __name__ == '__main__':
     ap.add_argument('--generator-loss', default='scale', choices=LOSS_WEIGHTINGS, help="how the generator's loss "
                     "averages its scales: 'scale' (each scale weighs the same, the default), 'token' (each token: the "
                     "finest scale dominates) or 'mixed' (the average of the two weightings)")
+    ap.add_argument('--generator-ckpt', default=None, help="with --tokenizer-from: keep a training checkpoint of the "
+                    "generator here (every --generator-ckpt-every steps and on Ctrl-C / SIGTERM); the same command again "
+                    "resumes it exactly, so a long run can span several sittings")
+    ap.add_argument('--generator-ckpt-every', type=int, default=100, help='steps between generator checkpoints')
     a = ap.parse_args()
     if a.generator_init and not a.tokenizer_from: ap.error('--generator-init needs --tokenizer-from')
+    if a.generator_ckpt and not a.tokenizer_from: ap.error('--generator-ckpt needs --tokenizer-from')
+    if a.generator_ckpt_every < 1: ap.error('--generator-ckpt-every must be >= 1')
     if a.tokenizer_init and a.tokenizer_from: ap.error('--tokenizer-init and --tokenizer-from exclude each other')
     if a.tokenizer_lr is not None and not a.tokenizer_init: ap.error('--tokenizer-lr needs --tokenizer-init')
     if a.tokenizer_init:
@@ -236,9 +251,13 @@ if __name__ == '__main__':
         print(json.dumps(rec, indent=2, default=str)); sys.exit()
     gen_cfg = None if a.generator_width is None else TransformerConfig.preset('nano', d_model=a.generator_width)
     if a.tokenizer_from:
-        rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg,
-                                n_train=a.n_train, seed=a.seed, init=a.generator_init, lr=a.generator_lr,
-                                loss_weighting=a.generator_loss)[3]
+        try:
+            rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg,
+                                    n_train=a.n_train, seed=a.seed, init=a.generator_init, lr=a.generator_lr,
+                                    loss_weighting=a.generator_loss, ckpt_path=a.generator_ckpt,
+                                    ckpt_every=a.generator_ckpt_every)[3]
+        except TrainingInterrupted as e:              # fit saved the step boundary (with --generator-ckpt) and says where
+            print(e, file=sys.stderr); sys.exit(130)
         print(json.dumps(rec, indent=2, default=str)); sys.exit()
     over = {} if a.scales is None else dict(scales=tuple(int(s) for s in a.scales.split(',')))
     if a.sibling_slots: over['sibling_slots'] = True

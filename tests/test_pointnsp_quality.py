@@ -340,6 +340,36 @@ def test_retrain_generator_loss_weighting_reaches_the_loss_and_the_record(tmp_pa
         retrain_generator(src, 1, tmp_path / 'bad', 'cpu', generator_batch=4, n_train=1, n_val=1, gen_cfg=cfg, loss_weighting='tokens')
 
 
+def test_retrain_generator_checkpoint_resumes_exactly(tmp_path):
+    """train_pretrained.py --generator-ckpt: a generator run cut at a step boundary (Ctrl-C) leaves a checkpoint, and the
+    same call again finishes it with exactly the weights of an uninterrupted run; the record says where it resumed."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import retrain_generator
+    from nsp_explore.train import TrainingInterrupted
+    from nsp_explore.transformer import TransformerConfig
+    src, cfg = ROOT / 'data_samples' / 'pretrained', TransformerConfig.preset('nano', d_model=32)
+    kw = dict(generator_batch=4, n_train=1, n_val=1, gen_cfg=cfg, seed=3, loss_weighting='mixed')
+    whole = retrain_generator(src, 6, tmp_path / 'whole', 'cpu', **kw)[1].state_dict()
+
+    def cut(step, out, hist):
+        if step == 3: raise KeyboardInterrupt                       # what Ctrl-C does, at the end of step 3
+    ckpt = tmp_path / 'gen_ckpt.pt'
+    with pytest.raises(TrainingInterrupted, match='at step 3 of 6'):
+        retrain_generator(src, 6, tmp_path / 'cut', 'cpu', ckpt_path=ckpt, ckpt_every=2, callbacks=[cut], **kw)
+    assert ckpt.exists() and not (tmp_path / 'cut' / 'nano_generator.pt').exists()
+    _, gen, _, rec = retrain_generator(src, 6, tmp_path / 'cut', 'cpu', ckpt_path=ckpt, ckpt_every=2, **kw)
+    assert rec['generator_resumed_at_step'] == 3 and 'generator_resumed_at_step' not in json.loads(
+        (tmp_path / 'whole' / 'nano.json').read_text())
+    resumed = gen.state_dict()
+    assert resumed.keys() == whole.keys()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole), max(float((resumed[k] - whole[k]).abs().max()) for k in whole)
+    fresh = retrain_generator(src, 6, tmp_path / 'other_seed', 'cpu', **{**kw, 'seed': 4})[1].state_dict()
+    assert not all(torch.equal(fresh[k], whole[k]) for k in whole)     # the comparison can tell runs apart
+    bad = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'train_pretrained.py'), '--generator-ckpt', str(ckpt)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and '--generator-ckpt needs --tokenizer-from' in bad.stderr
+
+
 def test_continue_tokenizer_then_warm_generator_makes_a_pair(tmp_path):
     """train_pretrained.py --tokenizer-init: the pair's tokenizer trains on from its weights, in its frame (raw decoder,
     calibrated again), saved alone (the old generator no longer fits its codes); --tokenizer-from that folder with
