@@ -32,7 +32,11 @@ def test_knn_parents_tree_equals_brute_force(monkeypatch):
         monkeypatch.setattr(L, 'KNN_TREE_MIN', 10 ** 12)
         d_bf, i_bf = L._knn_parents(kids, pars, 8)
         monkeypatch.setattr(L, 'KNN_TREE_MIN', 0)
-        assert torch.equal(i_tree, i_bf) and torch.equal(d_tree, d_bf), SEED
+        assert torch.equal(d_tree, d_bf), SEED
+        # the same parents, except among those tied in float32 with the k-th distance: the KD tree ranks those in
+        # float64, the brute force by index (seed 2095797621 has one such tie), and either choice is a k-NN set
+        edge = d_tree == d_tree[..., -1:]
+        assert torch.equal(i_tree[~edge], i_bf[~edge]), SEED
         ref = torch.cdist(kids.double(), pars.double()).sort(-1).values[..., :8]   # float64 brute force
         torch.testing.assert_close(d_tree.double(), ref, rtol=1e-5, atol=1e-6)
         assert (d_tree.diff(dim=-1) >= 0).all()
