@@ -597,7 +597,9 @@ def _knn_parents(child_BM3, parent_BP3, k: int, rows: int = 256):
     """The `k` nearest parents of each child: `(dist (B, M, k) float32, index (B, M, k) int64)`,
     nearest first, ties by index. CPU, large: scipy's KD tree finds them (no M x P matrix); else
     chunks of `rows` children against all parents, then top-k. Either way the distances are
-    recomputed with `_dist`, so both devices sort the same numbers."""
+    recomputed with `_dist`, so both devices sort the same numbers. One exception: a parent tied in
+    float32 with the k-th distance may be swapped for another equally near one on the KD-tree path
+    (it ranks in float64), so the distances always match the brute force, the indices all but there."""
     B, M, _ = child_BM3.shape
     P = parent_BP3.shape[1]
     k = min(k, P)
