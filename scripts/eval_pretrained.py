@@ -1,7 +1,8 @@
 """Score a pretrained pair per category, the literature's protocol: for each class, `--n` samples of that class
 against `--n` held-out test shapes of it (compute_all_metrics: MMD, COV, 1-NNA for CD and EMD), plus the
 tokenizer's ceiling (its reconstructions of validation shapes against the same test shapes, unpaired) and a
-mixed-class row. Beside the scores, two things they cannot see: `dup_frac` (points piled on others) and
+mixed-class row. 1-NNA comes with its two halves (`-acc_sample`, `-acc_ref`): with acc_ref near 1 it no longer
+ranks models (lesson 05). Beside the scores, two things they cannot see: `dup_frac` (points piled on others) and
 `copy_ratio` (how near the clouds are to their class's training shapes, relative to held-out shapes: ~1 new,
 << 1 copies). Writes benchmarks/results/pretrained_<name>_cpu.json and updates data_samples/pretrained/<name>.json.
 
@@ -100,7 +101,7 @@ def main():
             m = compute_all_metrics(X, refs, mean, std, metrics=metrics, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
             ref_m = m.pop('matrices')                                  # the test-vs-test distances are computed once
             rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), 4) for k, v in m.items()
-                                                                 if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
+                                                                 if k.split('-')[0] in ('1', 'COV', 'MMD')},
                              dup_frac=round(float(duplicate_fraction(X).mean()), 4),    # repeated points: the scores cannot see them
                              copy_ratio=round(copy_ratio(X, refs, tr_c)['ratio'], 4)))    # copies of training shapes: nor these
         if gen is not None: mixed_s.append(smp[: max(1, a.n // len(cats) * 2)]); mixed_r.append(refs[: max(1, a.n // len(cats) * 2)])
@@ -108,13 +109,18 @@ def main():
     if gen is not None:
         m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, metrics=metrics, emd=a.emd, jsd=False)
         rows.append(dict(category='mixed', kind='samples', n=len(torch.cat(mixed_s)),
-                         **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD') and 'acc' not in k},
+                         **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD')},
                          dup_frac=round(float(duplicate_fraction(torch.cat(mixed_s)).mean()), 4)))
     for kind in (('samples',) if gen is not None else ()) + (('tokenizer_recon',) if not a.no_recon else ()):
         sel = [r for r in rows if r['kind'] == kind and r['category'] != 'mixed']
         rows.append(dict(category='mean per category', kind=kind, n=a.n,
                          **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup', 'copy'))}))
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
+    for r in rows:                                                   # 1-NNA's two halves (lesson 05): is it still ranking?
+        if r['category'] == 'mean per category' and r.get('1-NNA-CD-acc_ref', 0) >= 0.95:
+            print(f"note: {r['kind']}: acc_ref {r['1-NNA-CD-acc_ref']:.3f}: the test shapes already tell these clouds apart, so "
+                  f"1-NNA-CD = (1 + acc_sample) / 2 only says how the clouds sit among themselves (lower can mean farther "
+                  f"from the data); read MMD-CD and COV-CD beside it (lesson 05; benchmarks/bench_nna_split.py)")
     tag = f'_{a.tag}' if a.tag else ''
     save_results(f'pretrained_{a.name}{tag}', rows, n_per_category=a.n, emd=a.emd, metrics=metrics, sampling=kw, sample_seed=a.seed, refs=a.refs,
                  eval_s=time.time() - t0, info=tok.info, coarse_dir=a.coarse_dir, coarse_scales=a.coarse_scales)

@@ -413,6 +413,8 @@ def test_eval_pretrained_scores_a_lone_tokenizer(tmp_path, monkeypatch):
     rows = json.loads(next((tmp_path / 'results').glob('pretrained_nano_lone_*.json')).read_text())['rows']
     assert {r['kind'] for r in rows} == {'tokenizer_recon'} and len(rows) == 11 and rows[-1]['category'] == 'mean per category'
     assert all(0 <= r['1-NNA-CD'] <= 1 for r in rows)
+    for r in rows:                                                        # 1-NNA comes with its two halves (equal set sizes)
+        assert r['1-NNA-CD'] == pytest.approx((r['1-NNA-CD-acc_sample'] + r['1-NNA-CD-acc_ref']) / 2, abs=2e-4)
     monkeypatch.setattr(sys, 'argv', argv)
     with pytest.raises(FileNotFoundError, match='no pretrained pair'): eval_pretrained.main()
 
@@ -562,3 +564,40 @@ def test_finetune_decoder_changes_only_the_finest_decoder(tmp_path):
     assert any(k.startswith('expand.') for k in moved) and any(k.startswith(f'structure.heads.{tok.K - 1}.') for k in moved)
     assert rec['n_trainable'] == sum(v.numel() for k, v in after.items() if k.startswith(prefixes))
     assert tok.cfg.recon_scale == rec['recon_scale'] != 1.0 and rec['steps'] == 3 and rec['val_cd_after'] is not None
+
+
+def test_expected_code_contribution_is_the_probability_weighted_lookup_in_float64():
+    "bench_nna_split's expected-code decoding: phi(upsample(p @ codebook)) equals sum_v p_v lookup(v), a naive float64 loop."
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from bench_nna_split import expected_contribution
+    from nsp_explore.generate import load_pretrained
+    from nsp_explore.lod import upsample
+    tok, _ = load_pretrained('nano')
+    tok = copy.deepcopy(tok).double()
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))                     # fresh inputs each run
+    for k in (1, len(tok.scales) - 1):
+        s, S, V = tok.scales[k], tok.scales[-1], tok.codebook_size
+        p = torch.rand(2, s, V, generator=g, dtype=torch.float64) ** 4
+        p = p / p.sum(-1, keepdim=True)
+        naive = sum(upsample(p[..., v:v + 1], S // s) * tok.quantizer.lookup(torch.full((2, s), v), k) for v in range(V))
+        assert_close(expected_contribution(tok, p, k), naive, rtol=1e-10, atol=1e-12)
+        one_hot = F.one_hot(torch.randint(0, V, (2, s), generator=g), V).double()              # a point mass: the code itself
+        assert_close(expected_contribution(tok, one_hot, k), tok.quantizer.lookup(one_hot.argmax(-1), k), rtol=1e-12, atol=1e-12)
+
+
+def test_nna_split_benchmark_halves_and_the_plain_draws(tmp_path):
+    "bench_nna_split: 1-NNA is the mean of its halves (equal set sizes); lambda = 0 is the plain draw bit for bit."
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from bench_nna_split import main
+    out = main(['--n', '4', '--categories', 'chair,car', '--lams', '0,1', '--results', str(tmp_path)])
+    assert json.loads((tmp_path / 'nna_split_cpu.json').read_text())['rows'] == out['rows']
+    rows = [r for r in out['rows'] if r['category'] != 'mean per category']
+    assert [(r['category'], r['set']) for r in rows] == [(c, s) for c in ('chair', 'car') for s in
+                                                         ('real val', 'recon val', 'samples', 'expected-code 0', 'expected-code 1')]
+    for r in rows:
+        assert r['1-NNA-CD'] == pytest.approx((r['acc_sample'] + r['acc_ref']) / 2, abs=2e-4)
+        assert r['MMD-CD'] > 0 and r['nn_refs_refs'] > 0
+    for c in ('chair', 'car'):
+        by = {r['set']: r for r in rows if r['category'] == c}
+        assert {k: v for k, v in by['expected-code 0'].items() if k != 'set'} == {k: v for k, v in by['samples'].items() if k != 'set'}
+    with pytest.raises(SystemExit): main(['--categories', 'teapot', '--results', str(tmp_path)])
