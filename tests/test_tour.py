@@ -21,6 +21,10 @@ def test_tour_cli_quick_writes_offline_report(tmp_path):
     assert set(summary['seconds']) == {'data', 'lod', 'tokenizer', 'transformer', 'sampling', 'scores'}
     rows = summary['scores']
     assert len(rows) == 3 and all(0.0 <= r['COV-CD'] <= 1.0 and 0.0 <= r['1-NNA-EMD'] <= 1.0 for r in rows)
+    for r in rows:                                  # 1-NNA-CD is a weighted mean of its two halves, both in the report
+        lo, hi = sorted((r['1-NNA-CD-acc_sample'], r['1-NNA-CD-acc_ref']))
+        assert 0.0 <= lo and hi <= 1.0 and lo - 1e-9 <= r['1-NNA-CD'] <= hi + 1e-9
+    assert 'acc_ref' in html
     # checkpoints were written and a rerun resumes from them (no retraining: much faster tokenizer stage)
     ck = sorted(p.name for p in (tmp_path / 'runs').rglob('*.pt'))
     assert 'tokenizer.pt' in ck and any(n.startswith('generator_') for n in ck)
