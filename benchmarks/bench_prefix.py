@@ -6,7 +6,8 @@
 For each category: the tokens of `--n` validation shapes; for m = 0 .. K the first m scales are kept and the
 generator samples the rest at the pair's own sampling setting (m = 0: plain samples; m = K: the tokenizer's
 reconstructions, nothing sampled). Each set is scored against `--n` test shapes of the class with 1-NNA-CD
-(de-normalized, 256 points), the per-category protocol of scripts/eval_pretrained.py. Where the score jumps
+(de-normalized, 256 points), the per-category protocol of scripts/eval_pretrained.py, with 1-NNA's two halves and
+MMD-CD (lesson 05: once acc_ref is 1, a lower 1-NNA is a gain only if MMD-CD falls too). Where the score jumps
 between m and m + 1, the generator's guesses at scale m + 1 cost the most. Writes
 benchmarks/results/prefix_<device>.json (or --results).
 """
@@ -40,7 +41,8 @@ def prefix_scores(tok, gen, n: int) -> list[dict]:
                 sample(gen, tok, labels=torch.full((len(val),), c), **own, seed=c, fixed_indices=idx[:m] or None)['points']
             r = compute_all_metrics(X, refs, mean, std, metrics=('cd',), jsd=False, return_matrices=True, ref_matrices=ref_m)
             ref_m = r.pop('matrices')                                   # the test-vs-test distances are computed once
-            rows.append(dict(category=cat, m=m, **{'1-NNA-CD': round(float(r['1-NNA-CD']), 4)}))
+            rows.append(dict(category=cat, m=m, **{k: round(float(r[k]), 6 if k == 'MMD-CD' else 4) for k in
+                                                   ('1-NNA-CD', '1-NNA-CD-acc_sample', '1-NNA-CD-acc_ref', 'MMD-CD')}))
     return rows
 
 
@@ -55,7 +57,8 @@ def main():
     rows = prefix_scores(tok, gen, a.n)
     K, cats = len(tok.scales), tok.info['categories']
     table = [dict(m=m, fixed=f'scales 1..{m}' if m else 'none (samples)',
-                  **{'mean 1-NNA-CD': round(sum(r['1-NNA-CD'] for r in rows if r['m'] == m) / len(cats), 4)},
+                  **{f'mean {k}': round(sum(r[k] for r in rows if r['m'] == m) / len(cats), 6 if k == 'MMD-CD' else 4)
+                     for k in ('1-NNA-CD', '1-NNA-CD-acc_sample', '1-NNA-CD-acc_ref', 'MMD-CD')},
                   **{c: next(r['1-NNA-CD'] for r in rows if r['m'] == m and r['category'] == c) for c in cats})
              for m in range(K + 1)]
     print_table(table, f'true tokens of the first m scales, the rest sampled ({a.n} vs {a.n} per category, 1-NNA-CD)')
