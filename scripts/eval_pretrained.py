@@ -25,6 +25,11 @@ from nsp_explore.generate import load_pretrained, sample, sample_two_stage
 from nsp_explore.metrics import compute_all_metrics, copy_ratio, duplicate_fraction
 
 
+def _digits(key: str) -> int:
+    "Decimals kept: MMD (~1e-3 here) needs 6 to separate settings; fractions 4."
+    return 6 if key.startswith('MMD') else 4
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--name', default='nano')
@@ -100,7 +105,7 @@ def main():
         for kind, X in kinds:
             m = compute_all_metrics(X, refs, mean, std, metrics=metrics, emd=a.emd, jsd=False, return_matrices=True, ref_matrices=ref_m)
             ref_m = m.pop('matrices')                                  # the test-vs-test distances are computed once
-            rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), 4) for k, v in m.items()
+            rows.append(dict(category=cat, kind=kind, n=a.n, **{k: round(float(v), _digits(k)) for k, v in m.items()
                                                                  if k.split('-')[0] in ('1', 'COV', 'MMD')},
                              dup_frac=round(float(duplicate_fraction(X).mean()), 4),    # repeated points: the scores cannot see them
                              copy_ratio=round(copy_ratio(X, refs, tr_c)['ratio'], 4)))    # copies of training shapes: nor these
@@ -109,12 +114,12 @@ def main():
     if gen is not None:
         m = compute_all_metrics(torch.cat(mixed_s), torch.cat(mixed_r), mean, std, metrics=metrics, emd=a.emd, jsd=False)
         rows.append(dict(category='mixed', kind='samples', n=len(torch.cat(mixed_s)),
-                         **{k: round(float(v), 4) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD')},
+                         **{k: round(float(v), _digits(k)) for k, v in m.items() if k.split('-')[0] in ('1', 'COV', 'MMD')},
                          dup_frac=round(float(duplicate_fraction(torch.cat(mixed_s)).mean()), 4)))
     for kind in (('samples',) if gen is not None else ()) + (('tokenizer_recon',) if not a.no_recon else ()):
         sel = [r for r in rows if r['kind'] == kind and r['category'] != 'mixed']
         rows.append(dict(category='mean per category', kind=kind, n=a.n,
-                         **{k: round(sum(r[k] for r in sel) / len(sel), 4) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup', 'copy'))}))
+                         **{k: round(sum(r[k] for r in sel) / len(sel), _digits(k)) for k in sel[0] if k.startswith(('1-NNA', 'COV', 'MMD', 'dup', 'copy'))}))
     print_table(rows, f'pretrained {a.name}: per category ({a.n} vs {a.n}, {a.emd} EMD, de-normalized)')
     for r in rows:                                                   # 1-NNA's two halves (lesson 05): is it still ranking?
         if r['category'] == 'mean per category' and r.get('1-NNA-CD-acc_ref', 0) >= 0.95:
