@@ -335,22 +335,26 @@ def scale_logits(model, k, inputs, labels, cache, cfg_scale: float | None = None
     cond, uncond = both.chunk(2)
     return cfg_combine(cond, uncond, cfg_scale)
 
-def _sample_batch(model, tokenizer, labels, fixed, cfg_scale, pick, use_cache=True):
-    "The coarse-to-fine loop for one batch: scale by scale, with the KV cache."
-    B, device = len(labels), labels.device
+def _sample_batch(model, tokenizer, labels, fixed, cfg_scale, pick, use_cache=True, n_scales=None):
+    "The coarse-to-fine loop for one batch: scale by scale, with the KV cache (the first `n_scales` scales; default all)."
+    B, device, K = len(labels), labels.device, len(tokenizer.scales)
+    n = n_scales or K
     state, cache = tokenizer.start_state(B, device), model.new_cache() if use_cache else PrefixRecompute()
-    for k in range(len(tokenizer.scales)):
+    for k in range(n):
         inputs = () if k == 0 else tokenizer.next_scale_inputs(state, k - 1)   # parents of scale k
         with autocast(device):
             logits = scale_logits(model, k, inputs, labels, cache, cfg_scale)  # (B, s_k, V)
         idx = fixed[k] if k < len(fixed) else pick(logits, k)                  # (B, s_k)
         state = tokenizer.add_scale(state, k, idx)
-    return dict(points=tokenizer.decode_state(state), scale_points=list(state.positions), indices=list(state.indices))
+    if n == K: points = tokenizer.decode_state(state)
+    else: points = state.positions[-1] if state.positions else None       # stopped early: X̂_n (None: no per-scale positions)
+    return dict(points=points, scale_points=list(state.positions), indices=list(state.indices))
 
 @torch.no_grad()
 def sample(model, tokenizer, n: int | None = None, labels=None, temperature: float | Sequence[float] = 1.0, top_k: int | None = None,
            top_p: float | Sequence[float | None] | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-           seed: int | None = None, fixed_indices=None, batch_size: int = 64, use_cache: bool = True) -> dict:
+           seed: int | None = None, fixed_indices=None, batch_size: int = 64, use_cache: bool = True,
+           n_scales: int | None = None) -> dict:
     """Sample shapes coarse to fine.
 
     `labels`: None (unconditional), one class id (with `n`), or `(B,)` class ids. `temperature`: one number, or
@@ -358,13 +362,21 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     (None at a scale: no nucleus filtering there). `cfg_scale`: guidance
     weight (1 = plain conditional; > 1 stronger class; needs a conditional model). `fixed_indices`:
     token maps of the first m scales to keep (completion / upsampling). `use_cache=False` recomputes
-    every prefix (the slow reference). Returns dict with
+    every prefix (the slow reference). `n_scales`: stop after the first n scales (default all K); `points` is then
+    X̂_n (B, s_n, 3) (None for tokenizers without per-scale positions, such as G3PT's), and when all shapes fit one
+    batch the draws of scales 1..n are those of the full call with the same seed (each batch consumes the random
+    stream in turn, so with several batches the later ones differ). Returns dict with
     `points` (B, N, 3), `scale_points` list[(B, s_k, 3)] (every X̂_k), `indices` list[(B, s_k)], `labels` (B,)."""
     device = next(model.parameters()).device
+    K = len(tokenizer.scales)
+    if n_scales is not None and not (_is_int(n_scales) and 1 <= n_scales <= K):
+        raise ValueError(f"n_scales must be an integer in 1..{K}, got {n_scales!r}")
     _check_sample_args(n, temperature, top_k, top_p, cfg_scale, batch_size)
     _check_pair(model, tokenizer)
     labels = _sample_labels(model, n, labels, device)
     fixed = _check_fixed(tokenizer, fixed_indices, len(labels), device)
+    if n_scales is not None and len(fixed) >= n_scales:
+        raise ValueError(f"n_scales={n_scales} with {len(fixed)} fixed scales leaves nothing to sample")
     if generator is None: generator = torch.Generator(device).manual_seed(0 if seed is None else seed)
     temps, tops = scale_temperatures(temperature, len(tokenizer.scales)), scale_top_p(top_p, len(tokenizer.scales))
     pick = lambda logits, k: sample_logits(logits, temps[k], top_k, tops[k], generator)
@@ -374,11 +386,12 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     model.eval(); tokenizer.eval()
     try:
         outs = [_sample_batch(model, tokenizer, labels[a:a + batch_size], [f[a:a + batch_size] for f in fixed],
-                              cfg_scale if guided else None, pick, use_cache) for a in range(0, len(labels), batch_size)]
+                              cfg_scale if guided else None, pick, use_cache, n_scales) for a in range(0, len(labels), batch_size)]
     finally:
         model.train(modes[0]); tokenizer.train(modes[1])
     cat = lambda key: [torch.cat([o[key][k] for o in outs]) for k in range(len(outs[0][key]))]
-    return dict(points=torch.cat([o['points'] for o in outs]).float(), scale_points=[p.float() for p in cat('scale_points')],
+    pts = [o['points'] for o in outs]
+    return dict(points=None if pts[0] is None else torch.cat(pts).float(), scale_points=[p.float() for p in cat('scale_points')],
                 indices=cat('indices'), labels=labels)
 
 # %% ../nbs/10_generate.ipynb #2d9a7203
@@ -389,10 +402,11 @@ def sample_two_stage(coarse_model, fine_model, tokenizer, coarse_scales: int, n:
     dict (from the second call) plus `coarse_scales`."""
     K = len(tokenizer.scales)
     if not 1 <= coarse_scales < K: raise ValueError(f"coarse_scales must be in 1..{K - 1}, got {coarse_scales}")
-    if 'fixed_indices' in sample_kw: raise ValueError("sample_two_stage draws every scale: no fixed_indices")
+    if 'fixed_indices' in sample_kw or 'n_scales' in sample_kw:
+        raise ValueError("sample_two_stage draws every scale: no fixed_indices or n_scales")
     if generator is None:
         generator = torch.Generator(next(fine_model.parameters()).device).manual_seed(0 if seed is None else seed)
-    first = sample(coarse_model, tokenizer, n=n, labels=labels, generator=generator, **sample_kw)
+    first = sample(coarse_model, tokenizer, n=n, labels=labels, generator=generator, n_scales=coarse_scales, **sample_kw)
     out = sample(fine_model, tokenizer, labels=first['labels'], generator=generator,
                  fixed_indices=first['indices'][:coarse_scales], **sample_kw)
     return dict(out, coarse_scales=coarse_scales)

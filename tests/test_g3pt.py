@@ -335,3 +335,15 @@ def test_guided_sampling_without_positions():
     b = sample(model, tok, labels=torch.tensor([0, 2]), cfg_scale=2.0, seed=1, use_cache=False)
     assert all(torch.equal(i, j) for i, j in zip(a['indices'], b['indices']))       # KV cache = prefix recompute
     assert a['points'].shape == (2, 64, 3)
+
+
+def test_sample_n_scales_on_g3pt_tokens():
+    "sample(n_scales=m) with G3PT's tokenizer: the same first m token maps as the full call; no per-scale positions: points None."
+    tok = tiny().eval()
+    torch.manual_seed(0)
+    model = ScaleTransformer(TransformerConfig(n_layer=1, n_head=2, d_model=32, learned_pos=True, label_dropout=0.0),
+                             tok.token_dim, tok.scales, 3, tok.codebook_size).eval()
+    full = sample(model, tok, labels=torch.tensor([0, 2]), seed=1)
+    part = sample(model, tok, labels=torch.tensor([0, 2]), seed=1, n_scales=2)
+    assert all(torch.equal(i, j) for i, j in zip(part['indices'], full['indices'][:2])) and len(part['indices']) == 2
+    assert part['points'] is None and part['scale_points'] == [] and full['points'].shape == (2, 64, 3)

@@ -300,3 +300,16 @@ def test_sample_and_train_on_cuda(tmp_path):
     agree = torch.cat([(a == b).float().flatten() for a, b in zip(greedy_kv['indices'], greedy_full['indices'])]).mean()
     assert agree > 0.95     # bf16 autocast on CUDA: near-ties may flip a few argmaxes
     with pytest.raises(ValueError, match='move both'): sample(model, tok.cpu(), n=1, labels=0)
+
+
+def test_sample_n_scales_stops_early_with_the_same_draws():
+    "sample(n_scales=m): the first m scales drawn exactly as by the full call (same seed, one batch); points = X̂_m."
+    tok, model = toy()
+    full = sample(model, tok, n=5, labels=1, top_p=0.9, seed=3)
+    for m in range(1, len(tok.scales)):
+        part = sample(model, tok, n=5, labels=1, top_p=0.9, seed=3, n_scales=m)
+        assert len(part['indices']) == m and all(torch.equal(a, b) for a, b in zip(part['indices'], full['indices']))
+        assert torch.equal(part['points'], full['scale_points'][m - 1])
+    with pytest.raises(ValueError, match='n_scales must be'): sample(model, tok, n=2, labels=1, n_scales=len(tok.scales) + 1)
+    with pytest.raises(ValueError, match='leaves nothing'):
+        sample(model, tok, n=5, labels=1, n_scales=1, fixed_indices=full['indices'][:1])
