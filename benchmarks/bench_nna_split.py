@@ -22,7 +22,7 @@ set: fidelity), COV-CD, and median nearest-neighbour CDs set->set, set->refs, re
 Writes benchmarks/results/nna_split_<device>.json (or --results).
 """
 from __future__ import annotations
-import argparse, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,7 +118,6 @@ def main(argv=None):
                           **{k: round(sum(r[k] for r in sel) / len(sel), 5) for k in sel[0] if k not in ('category', 'set')}))
     print_table(means, f'1-NNA-CD and its halves, {a.n} per category vs {a.n} {a.refs} shapes ({len(cats)} categories)')
     out = Path(a.results); out.mkdir(parents=True, exist_ok=True)
-    import json, os
     path = out / f"nna_split_{machine()['device']}.json"
     payload = dict(benchmark='nna_split', date=time.strftime('%Y-%m-%d %H:%M:%S'), machine=machine(),
                    meta=dict(n=a.n, refs=a.refs, sampling=own, lams=lams, seed=a.seed, pair=a.dir or 'shipped',
