@@ -38,11 +38,12 @@ def print_table(rows: list[dict], title: str = '') -> str:
     text = '\n'.join(lines); print(text); return text
 
 
-def save_results(name: str, rows: list[dict], **meta) -> Path:
-    "Write benchmarks/results/<name>_<device>.json with rows, machine info and extra metadata."
+def save_results(name: str, rows: list[dict], results_dir=None, **meta) -> Path:
+    "Write <results_dir or benchmarks/results>/<name>_<device>.json with rows, machine info and extra metadata."
     m = machine()
-    path = RESULTS / f"{name}_{m['device']}.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(results_dir) if results_dir is not None else RESULTS
+    path = out / f"{name}_{m['device']}.json"
+    out.mkdir(parents=True, exist_ok=True)
     payload = dict(benchmark=name, date=time.strftime('%Y-%m-%d %H:%M:%S'), machine=m, meta=meta, rows=rows)
     tmp = path.with_suffix('.json.tmp')
     tmp.write_text(json.dumps(payload, indent=2, default=str)); os.replace(tmp, path)

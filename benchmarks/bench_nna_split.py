@@ -22,17 +22,17 @@ set: fidelity), COV-CD, and median nearest-neighbour CDs set->set, set->refs, re
 Writes benchmarks/results/nna_split_<device>.json (or --results).
 """
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, print_table   # noqa: E402  (puts the repo on sys.path)
+from _common import RESULTS, print_table, save_results   # noqa: E402  (puts the repo on sys.path)
 import torch
 
 from nsp_explore.core import autocast
 from nsp_explore.data import SyntheticShapes
-from nsp_explore.generate import (apply_temperature, load_pretrained, sample, sample_logits, scale_logits, scale_temperatures,
-                                  scale_top_p, top_k_filter, top_p_filter)
+from nsp_explore.generate import (load_pretrained, sample, sample_logits, sampling_probs, scale_logits, scale_temperatures,
+                                  scale_top_p)
 from nsp_explore.lod import upsample
 from nsp_explore.metrics import compute_all_metrics, pairwise_distances
 
@@ -60,10 +60,8 @@ def sample_expected_finest(gen, tok, labels, lam: float, seed: int, temperature=
             logits = scale_logits(gen, k, inputs, labels, cache)                             # (B, s_k, V)
         idx = sample_logits(logits, temps[k], top_k, tops[k], g)                             # the drawn codes (B, s_k)
         if k < K - 1 or lam == 0: tok.add_scale(state, k, idx); continue
-        probs = top_p_filter(top_k_filter(apply_temperature(logits.float(), temps[k]), top_k), tops[k]).softmax(-1)
-        rq = tok.quantizer
-        drawn = rq.phi(upsample(rq.vq.embed(idx), rq.S // tok.scales[k]), k)
-        state.f_hat = state.f_hat + lam * expected_contribution(tok, probs, k) + (1 - lam) * drawn
+        probs = sampling_probs(logits, temps[k], top_k, tops[k])                            # what idx was drawn from
+        state.f_hat = state.f_hat + lam * expected_contribution(tok, probs, k) + (1 - lam) * tok.quantizer.lookup(idx, k)
         state.positions.append(tok.structure(k, state.f_hat, state.positions[-1]))
         state.indices.append(idx)
     return dict(points=tok.decode_state(state).float(), indices=list(state.indices))
@@ -117,14 +115,9 @@ def main(argv=None):
         means.append(dict(category='mean per category', set=name,
                           **{k: round(sum(r[k] for r in sel) / len(sel), 5) for k in sel[0] if k not in ('category', 'set')}))
     print_table(means, f'1-NNA-CD and its halves, {a.n} per category vs {a.n} {a.refs} shapes ({len(cats)} categories)')
-    out = Path(a.results); out.mkdir(parents=True, exist_ok=True)
-    path = out / f"nna_split_{machine()['device']}.json"
-    payload = dict(benchmark='nna_split', date=time.strftime('%Y-%m-%d %H:%M:%S'), machine=machine(),
-                   meta=dict(n=a.n, refs=a.refs, sampling=own, lams=lams, seed=a.seed, pair=a.dir or 'shipped',
-                             categories=cats, eval_s=round(time.time() - t0, 1)), rows=rows + means)
-    tmp = path.with_suffix('.json.tmp'); tmp.write_text(json.dumps(payload, indent=2, default=str)); os.replace(tmp, path)
-    print(f'wrote {path}')
-    return payload
+    path = save_results('nna_split', rows + means, results_dir=a.results, n=a.n, refs=a.refs, sampling=own, lams=lams,
+                        seed=a.seed, pair=a.dir or 'shipped', categories=cats, eval_s=round(time.time() - t0, 1))
+    return json.loads(path.read_text())
 
 
 if __name__ == '__main__':

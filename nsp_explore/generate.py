@@ -21,9 +21,9 @@ from .lod import LoDDataset
 # %% auto #0
 __all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config',
            'train_generator', 'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter',
-           'cfg_combine', 'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits',
-           'sample', 'sample_two_stage', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete',
-           'completion_fig']
+           'cfg_combine', 'sampling_probs', 'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p',
+           'scale_logits', 'sample', 'sample_two_stage', 'sampling_slider', 'token_map_fig', 'class_gallery',
+           'complete', 'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -224,11 +224,14 @@ def cfg_combine(cond, uncond, scale: float):
     "Classifier-free guidance: `uncond + scale * (cond - uncond)` (scale 1 = conditional, 0 = unconditional)."
     return uncond + scale * (cond - uncond)
 
+def sampling_probs(logits_BSV, temperature=1.0, top_k=None, top_p=None):
+    "The distribution a token is drawn from: temperature, then top-k, then top-p, softmax -> `(B, s, V)` float32."
+    return top_p_filter(top_k_filter(apply_temperature(logits_BSV.float(), temperature), top_k), top_p).softmax(-1)
+
 def sample_logits(logits_BSV, temperature=1.0, top_k=None, top_p=None, generator=None):
     "Draw one code per token from `(B, s, V)` logits -> `(B, s)` int64."
-    logits = top_p_filter(top_k_filter(apply_temperature(logits_BSV.float(), temperature), top_k), top_p)
-    probs = logits.softmax(-1).flatten(0, -2)                       # (B*s, V)
-    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+    probs = sampling_probs(logits_BSV, temperature, top_k, top_p)                 # (B, s, V)
+    return torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])
 
 # %% ../nbs/10_generate.ipynb #a4459835
 class PrefixRecompute:
