@@ -19,11 +19,12 @@ from .train import CheckpointError, TrainConfig, checkpoint_for, fit, load_check
 from .lod import LoDDataset
 
 # %% auto #0
-__all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'generator_train_config',
-           'train_generator', 'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter',
-           'cfg_combine', 'sampling_probs', 'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p',
-           'scale_logits', 'sample', 'sample_two_stage', 'sampling_slider', 'token_map_fig', 'class_gallery',
-           'complete', 'completion_fig']
+__all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'requantize',
+           'corrective_batch', 'corrective_loss', 'generator_train_config', 'generator_loss_fn', 'train_generator',
+           'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine',
+           'sampling_probs', 'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits',
+           'sample', 'sample_two_stage', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete',
+           'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -129,6 +130,74 @@ def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale'
         out[f'loss_{k}'], out[f'acc_{k}'] = l_k.detach(), h_k.mean().detach()
     return out
 
+# %% ../nbs/10_generate.ipynb #ef24eb89
+def _residual_quantizer(tokenizer):
+    q = getattr(tokenizer, 'quantizer', None)
+    if not (hasattr(q, 'lookup') and hasattr(q, 'vq') and hasattr(q, 'scales')):
+        raise TypeError(f"corrective tokens need a residual VQ tokenizer (PointNSP's ResidualMultiScaleQuantizer); "
+                        f"{type(tokenizer).__name__} has {type(q).__name__}")
+    return q
+
+@torch.no_grad()
+def requantize(quantizer, target_BSC: torch.Tensor, prefix: list) -> list:
+    """Residual quantization of `target (B, S, C)` continued after the fixed token maps `prefix` (scales 0..j-1):
+    scale k >= j gets the codes nearest to `pool(target - f̂_(k-1))`, picked as the quantizer's own forward picks
+    them (and with nothing updated). `requantize(q, f, q(f).indices[:j]) == q(f).indices`. Returns all K maps."""
+    from nsp_explore.lod import pool
+    S, out = quantizer.S, list(prefix)
+    f_hat = sum(quantizer.lookup(idx, k) for k, idx in enumerate(out))              # (B, S, C), 0 with no prefix
+    for k in range(len(out), quantizer.K):
+        r_k = pool(target_BSC - f_hat, S // quantizer.scales[k])                     # (B, s_k, C)
+        idx = quantizer.vq(r_k, update=False).indices                                # (B, s_k)
+        f_hat = f_hat + quantizer.lookup(idx, k)
+        out.append(idx)
+    return out
+
+@torch.no_grad()
+def corrective_batch(model, tokenizer, batch: dict, p: float = 0.5, temperature: float = 1.0, first: int = 1) -> dict:
+    """A batch whose rows, with probability `p` each, hold one drawn scale and corrective finer tokens.
+
+    For such a row a scale j in `first`..K-2 (0-based; default 1: not the one-token first scale) is picked uniformly;
+    its tokens are drawn (at `temperature`,
+    torch's global random stream, which `fit` checkpoints) from `model`'s logits given the true scales < j; scales > j
+    become `requantize(quantizer, f̂_true, tokens[:j + 1])`. Their teacher inputs are rebuilt; the other rows are
+    returned unchanged. Adds `corrected` (B,) bool and `drawn_scale` (B,) (-1 = untouched)."""
+    if not 0 <= p <= 1: raise ValueError(f"corrective_batch: p must be in [0, 1], got {p}")
+    q, net = _residual_quantizer(tokenizer), getattr(model, 'module', model)
+    if not 0 <= first <= len(net.scales) - 2: raise ValueError(f"corrective_batch: first must be in 0..{len(net.scales) - 2}, got {first}")
+    dev = next(net.parameters()).device
+    tokens, labels = batch['tokens'].to(dev), batch['label'].to(dev)                   # (B, L), (B,)
+    B, K = tokens.shape[0], len(net.scales)
+    if 'feat' in batch: feat, pos, slot = (batch[key].to(dev) if batch.get(key) is not None else None for key in ('feat', 'pos', 'slot'))
+    else: feat, pos, slot = flatten_teacher(tokenizer.teacher_inputs(list(tokens.split(net.scales, 1))))
+    drawn_scale = torch.where(torch.rand(B) < p, torch.randint(first, K - 1, (B,)), -1).to(dev)   # (B,)
+    out = dict(batch, tokens=tokens, label=labels, feat=feat, pos=pos, slot=slot, corrected=drawn_scale >= 0,
+               drawn_scale=drawn_scale)
+    if not bool((drawn_scale >= 0).any()): return out
+    was = net.training
+    net.eval()
+    try: logits = net(feat, pos, slot, labels).float()                                 # (B, L, V) teacher-forced
+    finally: net.train(was)
+    ends = [0] + torch.tensor(net.scales).cumsum(0).tolist()
+    tokens, feat, pos = tokens.clone(), feat.clone(), None if pos is None else pos.clone()
+    for j in drawn_scale[drawn_scale >= 0].unique().tolist():
+        rows = (drawn_scale == j).nonzero().squeeze(1)
+        true = list(tokens[rows].split(net.scales, 1))                                    # K maps (b, s_k)
+        probs = (logits[rows, ends[j]:ends[j + 1]] / temperature).softmax(-1)             # (b, s_j, V)
+        drawn = torch.multinomial(probs.flatten(0, 1), 1).view(len(rows), -1)            # (b, s_j)
+        new = requantize(q, q.indices_to_features(true), true[:j] + [drawn])
+        tokens[rows] = torch.cat(new, 1)
+        f_r, p_r, _ = flatten_teacher(tokenizer.teacher_inputs(new))
+        feat[rows] = f_r.to(feat.dtype)
+        if pos is not None: pos[rows] = p_r.to(pos.dtype)
+    return dict(out, tokens=tokens, feat=feat, pos=pos)
+
+def corrective_loss(model, batch: dict, tokenizer, p: float = 0.5, weighting: str = 'scale', temperature: float = 1.0,
+                    first: int = 1) -> dict:
+    "`next_scale_loss` on `corrective_batch(model, tokenizer, batch, p, temperature, first)`; logs the share of corrected rows."
+    cb = corrective_batch(model, tokenizer, batch, p, temperature, first)
+    return dict(next_scale_loss(model, cb, weighting=weighting), corrected=cb['corrected'].float().mean())
+
 # %% ../nbs/10_generate.ipynb #87809883
 GENERATOR_TRAIN = dict(   # TrainConfig overrides per transformer preset (nano: ~1-2 min on 2 CPU cores)
     nano=dict(steps=800, batch_size=32, lr=2e-3, warmup_steps=50, log_every=25),
@@ -141,14 +210,25 @@ def generator_train_config(preset: str = 'nano', **overrides) -> TrainConfig:
     if preset == 'auto': preset = auto_preset()
     return TrainConfig.preset(preset, **{**GENERATOR_TRAIN.get(preset, {}), **overrides})
 
+def generator_loss_fn(tokenizer, has_teacher: bool, weighting: str = 'scale', corrective: float = 0.0):
+    "The `loss_fn(model, batch)` `fit` calls: `next_scale_loss`, or `corrective_loss` when `corrective` > 0."
+    if weighting not in LOSS_WEIGHTINGS: raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+    if not 0 <= corrective <= 1: raise ValueError(f"corrective must be in [0, 1], got {corrective}")
+    if corrective > 0:
+        _residual_quantizer(tokenizer)
+        return partial(corrective_loss, tokenizer=tokenizer, p=corrective, weighting=weighting)
+    return partial(next_scale_loss, weighting=weighting, tokenizer=None if has_teacher else tokenizer)
+
 def train_generator(tokenizer, data, cfg: TransformerConfig | str = 'nano', train_cfg: TrainConfig | None = None,
                     device=None, ckpt_path=None, n_classes: int | None = None, resume: bool = True,
-                    loss_weighting: str = 'scale', **fit_kw):
+                    loss_weighting: str = 'scale', corrective: float = 0.0, **fit_kw):
     """Train a `ScaleTransformer` on the tokens of `data` (a dataset, or `TokenSequences` from `cache_tokens`).
 
     `cfg`: a `TransformerConfig` or preset name (`'auto'`: small on a GPU, nano elsewhere). `train_cfg`
     defaults to `generator_train_config(preset)`. `loss_weighting`: `next_scale_loss`'s `weighting` ('scale': every
-    scale weighs the same; 'token': every token; 'mixed': halfway). With `ckpt_path` the run is checkpointed there (and resumed),
+    scale weighs the same; 'token': every token; 'mixed': halfway). `corrective` > 0: that share of every batch's rows
+    trains on one scale drawn by the model and corrective finer tokens (`corrective_loss`; needs a residual VQ
+    tokenizer). With `ckpt_path` the run is checkpointed there (and resumed),
     and `load_generator(ckpt_path)` gives the model back. Returns `(model, history)`; the model is the EMA copy
     when `train_cfg.ema_decay > 0`, in eval mode."""
     device = default_device(None if device is None else str(device))
@@ -163,7 +243,7 @@ def train_generator(tokenizer, data, cfg: TransformerConfig | str = 'nano', trai
     train_cfg = train_cfg or generator_train_config(auto_preset(device) if preset == 'auto' else preset)
     torch.manual_seed(train_cfg.seed)                  # the initial weights depend on the seed only
     model = ScaleTransformer.for_tokenizer(cfg, tokenizer, n_classes)
-    loss_fn = partial(next_scale_loss, weighting=loss_weighting, tokenizer=None if seqs.has_teacher else tokenizer)
+    loss_fn = generator_loss_fn(tokenizer, seqs.has_teacher, loss_weighting, corrective)
     hist = fit(model, seqs.sampler(train_cfg.batch_size, train_cfg.seed), loss_fn, train_cfg, ckpt_path=ckpt_path,
                resume=resume, device=device, **fit_kw)
     best = hist.ema_model if hist.ema_model is not None else hist.model

@@ -370,6 +370,48 @@ def test_retrain_generator_checkpoint_resumes_exactly(tmp_path):
     assert bad.returncode == 2 and '--generator-ckpt needs --tokenizer-from' in bad.stderr
 
 
+def test_retrain_generator_corrective_training_reaches_the_loss_and_resumes_exactly(tmp_path):
+    """train_pretrained.py --generator-corrective P: the loss sees corrected rows (logged share; another loss than plain
+    teacher forcing from the same start), the record says P, and a run cut at step 3 resumes to the weights of an
+    uninterrupted run (the draws come from torch's random stream, which the checkpoint keeps); P outside [0, 1] and a
+    tokenizer without a residual VQ are refused."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import retrain_generator
+    from nsp_explore.generate import generator_loss_fn
+    from nsp_explore.train import TrainingInterrupted
+    from nsp_explore.transformer import TransformerConfig
+    src, cfg = ROOT / 'data_samples' / 'pretrained', TransformerConfig.preset('nano', d_model=32)
+    kw = dict(generator_batch=8, n_train=1, n_val=1, gen_cfg=cfg, seed=3)
+    plain = retrain_generator(src, 1, tmp_path / 'plain', 'cpu', **kw)[3]
+    corr = retrain_generator(src, 1, tmp_path / 'corr', 'cpu', corrective=1.0, **kw)[3]
+    assert plain['generator_corrective'] == 0.0 and corr['generator_corrective'] == 1.0
+    assert corr['generator_loss'] != pytest.approx(plain['generator_loss'], abs=1e-3)
+    whole = retrain_generator(src, 6, tmp_path / 'whole', 'cpu', corrective=0.5, **kw)[1].state_dict()
+
+    def cut(step, out, hist):
+        if step == 3: raise KeyboardInterrupt
+    ckpt = tmp_path / 'ckpt.pt'
+    with pytest.raises(TrainingInterrupted):
+        retrain_generator(src, 6, tmp_path / 'cut', 'cpu', corrective=0.5, ckpt_path=ckpt, ckpt_every=2, callbacks=[cut], **kw)
+    resumed = retrain_generator(src, 6, tmp_path / 'cut', 'cpu', corrective=0.5, ckpt_path=ckpt, ckpt_every=2, **kw)[1].state_dict()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    from nsp_explore.data import SyntheticShapes
+    from nsp_explore.generate import cache_tokens, load_pretrained
+    tok, gen = load_pretrained('nano')
+    val = SyntheticShapes('val', tok.info['categories'][:1], 4, n_points=tok.n_points, normalizer=tok.normalizer())
+    b = cache_tokens(tok, val).batch(torch.arange(4))
+    out = generator_loss_fn(tok, True, 'scale', 1.0)(gen, b)                   # every row corrected, a finite loss
+    assert float(out['corrected']) == 1.0 and math.isfinite(out['loss'].item())
+    assert 'corrected' not in generator_loss_fn(tok, True, 'scale', 0.0)(gen, b)   # 0: plain teacher forcing
+    with pytest.raises(ValueError, match='corrective must be in'):
+        generator_loss_fn(None, True, 'scale', 1.5)
+    with pytest.raises(TypeError, match='residual VQ tokenizer'):
+        generator_loss_fn(torch.nn.Linear(1, 1), True, 'scale', 0.5)
+    bad = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'train_pretrained.py'), '--tokenizer-from', str(src),
+                          '--generator-corrective', '2'], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and '--generator-corrective must be in [0, 1]' in bad.stderr
+
+
 def test_continue_tokenizer_then_warm_generator_makes_a_pair(tmp_path):
     """train_pretrained.py --tokenizer-init: the pair's tokenizer trains on from its weights, in its frame (raw decoder,
     calibrated again), saved alone (the old generator no longer fits its codes); --tokenizer-from that folder with
@@ -601,3 +643,28 @@ def test_nna_split_benchmark_halves_and_the_plain_draws(tmp_path):
         by = {r['set']: r for r in rows if r['category'] == c}
         assert {k: v for k, v in by['expected-code 0'].items() if k != 'set'} == {k: v for k, v in by['samples'].items() if k != 'set'}
     with pytest.raises(SystemExit): main(['--categories', 'teapot', '--results', str(tmp_path)])
+
+
+def test_corrective_benchmark_rows_on_the_shipped_pair():
+    """bench_corrective: one row per category and drawable scale; the reconstruction's distance is the same for every
+    drawn scale of a category and equals the Chamfer distance of the decoded true tokens; a redraw with the same seed
+    gives the same rows."""
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from bench_corrective import corrective_rows
+    from nsp_explore.data import SyntheticShapes
+    from nsp_explore.generate import load_pretrained
+    from nsp_explore.metrics import chamfer
+    tok, gen = load_pretrained('nano')
+    tok.info = dict(tok.info, categories=tok.info['categories'][:2])      # two classes keep it quick
+    rows = corrective_rows(tok, gen, 2, seed=5)
+    K = len(tok.scales)
+    assert [(r['category'], r['scale']) for r in rows] == [(c, j) for c in tok.info['categories'] for j in range(1, K)]
+    for c in tok.info['categories']:
+        rs = [r for r in rows if r['category'] == c]
+        assert len({r['recon'] for r in rs}) == 1 and all(0 <= r['changed'] <= 1 for r in rs)
+        assert all(math.isfinite(r[k]) and r[k] > 0 for r in rs for k in ('recon', 'kept', 'corrected'))
+    val = SyntheticShapes('val', tok.info['categories'][:1], 2, n_points=tok.n_points, resample=False, normalizer=tok.normalizer())
+    x = torch.stack([val[i]['points'] for i in range(2)])
+    idx, _ = tok.encode(x)
+    assert rows[0]['recon'] == pytest.approx(float(chamfer(tok.decode(idx)['points'], x).mean()), rel=1e-5)
+    assert corrective_rows(tok, gen, 2, seed=5) == rows
