@@ -142,15 +142,17 @@ def _residual_quantizer(tokenizer):
 def requantize(quantizer, target_BSC: torch.Tensor, prefix: list) -> list:
     """Residual quantization of `target (B, S, C)` continued after the fixed token maps `prefix` (scales 0..j-1):
     scale k >= j gets the codes nearest to `pool(target - f̂_(k-1))`, picked as the quantizer's own forward picks
-    them (and with nothing updated). `requantize(q, f, q(f).indices[:j]) == q(f).indices`. Returns all K maps."""
+    them (and with nothing updated), in float32 even under autocast (as `encode`). `requantize(q, f, q(f).indices[:j])
+    == q(f).indices`. Returns all K maps."""
     from nsp_explore.lod import pool
     S, out = quantizer.S, list(prefix)
-    f_hat = sum(quantizer.lookup(idx, k) for k, idx in enumerate(out))              # (B, S, C), 0 with no prefix
-    for k in range(len(out), quantizer.K):
-        r_k = pool(target_BSC - f_hat, S // quantizer.scales[k])                     # (B, s_k, C)
-        idx = quantizer.vq(r_k, update=False).indices                                # (B, s_k)
-        f_hat = f_hat + quantizer.lookup(idx, k)
-        out.append(idx)
+    with torch.autocast(target_BSC.device.type, enabled=False):
+        f_hat = sum(quantizer.lookup(idx, k) for k, idx in enumerate(out))          # (B, S, C), 0 with no prefix
+        for k in range(len(out), quantizer.K):
+            r_k = pool(target_BSC.float() - f_hat, S // quantizer.scales[k])         # (B, s_k, C)
+            idx = quantizer.vq(r_k, update=False).indices                            # (B, s_k)
+            f_hat = f_hat + quantizer.lookup(idx, k)
+            out.append(idx)
     return out
 
 @torch.no_grad()
