@@ -16,7 +16,7 @@ from .core import autocast, check_cloud, default_device, progress, auto_preset, 
 from .viz import cloud_grid, cloud_slider
 from .transformer import (KVCache, ScaleTransformer, TransformerConfig, flatten_teacher, model_flops)
 from .train import CheckpointError, TrainConfig, checkpoint_for, fit, load_checkpoint
-from .lod import LoDDataset
+from .lod import LoDDataset, pool
 
 # %% auto #0
 __all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'requantize',
@@ -103,6 +103,15 @@ def cache_tokens(tokenizer, dataset, batch_size: int = 64, teacher: bool | str =
 # %% ../nbs/10_generate.ipynb #36f92980
 LOSS_WEIGHTINGS = ('scale', 'token', 'mixed')
 
+def _batch_inputs(net, batch: dict, tokenizer=None):
+    "`tokens`, `label` and the teacher inputs `feat`, `pos`, `slot` of a batch on `net`'s device (from the tokenizer when not cached)."
+    dev = next(net.parameters()).device
+    tokens, labels = batch['tokens'].to(dev), batch['label'].to(dev)
+    if 'feat' in batch:
+        return (tokens, labels, *(batch[key].to(dev) if batch.get(key) is not None else None for key in ('feat', 'pos', 'slot')))
+    if tokenizer is None: raise ValueError("next_scale_loss: the batch has no teacher inputs; pass the tokenizer")
+    return (tokens, labels, *flatten_teacher(tokenizer.teacher_inputs(list(tokens.split(net.scales, 1)))))
+
 def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale') -> dict:
     """Cross-entropy per token, averaged within each scale, then across scales (`weighting='scale'`), or over all
     L tokens at once (`'token'`: scale k weighs s_k / L), or halfway between (`'mixed'`: scale k weighs
@@ -111,13 +120,9 @@ def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale'
     `batch`: `tokens` (B, L), `label` (B,), and `feat`/`pos`/`slot` (or a `tokenizer` to compute them).
     Returns `loss` plus detached `loss_k` and `acc_k` (top-1 accuracy) for every scale k."""
     if weighting not in LOSS_WEIGHTINGS: raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
-    dev, net = next(model.parameters()).device, getattr(model, 'module', model)   # (DDP wraps the model)
-    tokens, labels = batch['tokens'].to(dev), batch['label'].to(dev)
-    if 'feat' in batch:
-        feat, pos, slot = (batch[key].to(dev) if batch.get(key) is not None else None for key in ('feat', 'pos', 'slot'))
-    else:
-        if tokenizer is None: raise ValueError("next_scale_loss: the batch has no teacher inputs; pass the tokenizer")
-        feat, pos, slot = flatten_teacher(tokenizer.teacher_inputs(list(tokens.split(net.scales, 1))))
+    net = getattr(model, 'module', model)                                                     # (DDP wraps the model)
+    tokens, labels, feat, pos, slot = _batch_inputs(net, batch, tokenizer)
+    dev = tokens.device
     logits = model(feat, pos, slot, labels)                                                   # (B, L, V)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction='none').view(tokens.shape)
     hit = (logits.argmax(-1) == tokens).float()                                               # (B, L)
@@ -144,7 +149,6 @@ def requantize(quantizer, target_BSC: torch.Tensor, prefix: list) -> list:
     scale k >= j gets the codes nearest to `pool(target - f̂_(k-1))`, picked as the quantizer's own forward picks
     them (and with nothing updated), in float32 even under autocast (as `encode`). `requantize(q, f, q(f).indices[:j])
     == q(f).indices`. Returns all K maps."""
-    from nsp_explore.lod import pool
     S, out = quantizer.S, list(prefix)
     with torch.autocast(target_BSC.device.type, enabled=False):
         f_hat = sum(quantizer.lookup(idx, k) for k, idx in enumerate(out))          # (B, S, C), 0 with no prefix
@@ -160,18 +164,15 @@ def corrective_batch(model, tokenizer, batch: dict, p: float = 0.5, temperature:
     """A batch whose rows, with probability `p` each, hold one drawn scale and corrective finer tokens.
 
     For such a row a scale j in `first`..K-2 (0-based; default 1: not the one-token first scale) is picked uniformly;
-    its tokens are drawn (at `temperature`,
-    torch's global random stream, which `fit` checkpoints) from `model`'s logits given the true scales < j; scales > j
-    become `requantize(quantizer, f̂_true, tokens[:j + 1])`. Their teacher inputs are rebuilt; the other rows are
-    returned unchanged. Adds `corrected` (B,) bool and `drawn_scale` (B,) (-1 = untouched)."""
+    its tokens are drawn at `temperature` (from torch's global random stream, which `fit` checkpoints) from `model`'s
+    logits given the true scales < j; scales > j become `requantize(quantizer, f̂_true, tokens[:j + 1])`. Their
+    teacher inputs are rebuilt; the other rows are returned unchanged. Adds `corrected` (B,) bool and `drawn_scale`
+    (B,) (-1 = untouched)."""
     if not 0 <= p <= 1: raise ValueError(f"corrective_batch: p must be in [0, 1], got {p}")
     q, net = _residual_quantizer(tokenizer), getattr(model, 'module', model)
     if not 0 <= first <= len(net.scales) - 2: raise ValueError(f"corrective_batch: first must be in 0..{len(net.scales) - 2}, got {first}")
-    dev = next(net.parameters()).device
-    tokens, labels = batch['tokens'].to(dev), batch['label'].to(dev)                   # (B, L), (B,)
-    B, K = tokens.shape[0], len(net.scales)
-    if 'feat' in batch: feat, pos, slot = (batch[key].to(dev) if batch.get(key) is not None else None for key in ('feat', 'pos', 'slot'))
-    else: feat, pos, slot = flatten_teacher(tokenizer.teacher_inputs(list(tokens.split(net.scales, 1))))
+    tokens, labels, feat, pos, slot = _batch_inputs(net, batch, tokenizer)             # (B, L), (B,), (B, T, C), ...
+    B, K, dev = tokens.shape[0], len(net.scales), tokens.device
     drawn_scale = torch.where(torch.rand(B) < p, torch.randint(first, K - 1, (B,)), -1).to(dev)   # (B,)
     out = dict(batch, tokens=tokens, label=labels, feat=feat, pos=pos, slot=slot, corrected=drawn_scale >= 0,
                drawn_scale=drawn_scale)
