@@ -23,7 +23,7 @@ from _common import print_table, save_results   # noqa: E402  (puts the repo on 
 import torch
 
 from nsp_explore.data import SyntheticShapes
-from nsp_explore.generate import load_pretrained, requantize
+from nsp_explore.generate import load_pretrained, requantize, sample_logits
 from nsp_explore.metrics import chamfer
 from nsp_explore.transformer import flatten_teacher
 
@@ -44,8 +44,7 @@ def corrective_rows(tok, gen, n: int, seed: int = 0) -> list[dict]:
         cd = lambda maps: chamfer(tok.decode(maps)['points'], x_tree)                  # (n,)
         recon = cd(idx)
         for j in range(K - 1):
-            probs = logits[:, ends[j]:ends[j + 1]].softmax(-1)                          # (n, s_j, V)
-            drawn = torch.multinomial(probs.flatten(0, 1), 1, generator=g).view(len(x), -1)
+            drawn = sample_logits(logits[:, ends[j]:ends[j + 1]], 1.0, generator=g)      # (n, s_j) at T = 1
             kept = cd(idx[:j] + [drawn] + idx[j + 1:])
             corrected = cd(requantize(q, q.indices_to_features(idx), idx[:j] + [drawn]))
             rows.append(dict(category=cat, scale=j + 1, changed=round(float((drawn != idx[j]).float().mean()), 4),
