@@ -143,7 +143,9 @@ def retrain_generator(pair_dir: Path, generator_steps: int, out: Path, device=No
     gen_seed = info.get('seed', 0) if seed is None else int(seed)
     gen, grec = train_generator_stage(tok, train, generator_steps, dev, gen_seed, generator_batch, gen_cfg, init=init, lr=lr,
                                       loss_weighting=loss_weighting, **stage_kw)
-    rec = {k: v for k, v in info.items() if k not in ('scores', 'scores_sampling')}
+    # the old generator's scores and notes describe it, not the new one (its resume keys come back only if this run resumed)
+    stale = ('scores', 'scores_sampling', 'generator_note', 'generator_resumed_at_step', 'generator_s_note')
+    rec = {k: v for k, v in info.items() if k not in stale}
     rec.update(grec, generator_seed=gen_seed, generator_command=command or ' '.join(sys.argv), generator_device=str(dev),
                generator_config={k: v for k, v in gen.cfg.to_dict().items()
                                  if k not in ('tokenizer_dim', 'scales', 'n_classes', 'codebook_size')})

@@ -279,6 +279,7 @@ def test_retrain_generator_keeps_the_tokenizer_and_records_the_generator(tmp_pat
     assert (d / 'nano_tokenizer.pt').read_bytes() == (src / 'nano_tokenizer.pt').read_bytes()
     saved = json.loads((d / 'nano.json').read_text())
     assert 'scores' not in saved and saved['generator_steps'] == 2 and saved['generator_config']['d_model'] == 32
+    assert 'generator_note' in json.loads((src / 'nano.json').read_text()) and 'generator_note' not in saved  # the old one's words
     assert saved['tokenizer_steps'] == json.loads((src / 'nano.json').read_text())['tokenizer_steps']
     assert load_generator(d / 'nano_generator.pt').cfg.d_model == 32 and len(val) == 10
     # the data is built in the tokenizer's frame, not refitted on the (here 10) training shapes
