@@ -19,12 +19,12 @@ from .train import CheckpointError, TrainConfig, checkpoint_for, fit, load_check
 from .lod import LoDDataset, pool
 
 # %% auto #0
-__all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'TokenSequences', 'cache_tokens', 'next_scale_loss', 'requantize',
-           'corrective_batch', 'corrective_loss', 'generator_train_config', 'generator_loss_fn', 'train_generator',
-           'load_generator', 'load_pretrained', 'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine',
-           'sampling_probs', 'sample_logits', 'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits',
-           'sample', 'sample_two_stage', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete',
-           'completion_fig']
+__all__ = ['LOSS_WEIGHTINGS', 'GENERATOR_TRAIN', 'FINEST_ORDERS', 'TokenSequences', 'cache_tokens', 'next_scale_loss',
+           'reveal_mask', 'with_masked_finest', 'requantize', 'corrective_batch', 'corrective_loss',
+           'generator_train_config', 'generator_loss_fn', 'train_generator', 'load_generator', 'load_pretrained',
+           'apply_temperature', 'top_k_filter', 'top_p_filter', 'cfg_combine', 'sampling_probs', 'sample_logits',
+           'PrefixRecompute', 'scale_temperatures', 'scale_top_p', 'scale_logits', 'draw_in_passes', 'sample',
+           'sample_two_stage', 'sampling_slider', 'token_map_fig', 'class_gallery', 'complete', 'completion_fig']
 
 # %% ../nbs/10_generate.ipynb #9956bb9b
 def _device_of(module) -> torch.device:
@@ -118,22 +118,51 @@ def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale'
     (1/K + s_k/L) / 2).
 
     `batch`: `tokens` (B, L), `label` (B,), and `feat`/`pos`/`slot` (or a `tokenizer` to compute them).
-    Returns `loss` plus detached `loss_k` and `acc_k` (top-1 accuracy) for every scale k."""
+    Returns `loss` plus detached `loss_k` and `acc_k` (top-1 accuracy) for every scale k.
+
+    A `mask_finest` model in training mode sees part of the finest scale's true codes (`reveal_mask` picks which) and
+    is scored on the hidden ones only there; in eval mode it sees none (the sampler's first pass)."""
     if weighting not in LOSS_WEIGHTINGS: raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
     net = getattr(model, 'module', model)                                                     # (DDP wraps the model)
     tokens, labels, feat, pos, slot = _batch_inputs(net, batch, tokenizer)
     dev = tokens.device
-    logits = model(feat, pos, slot, labels)                                                   # (B, L, V)
+    hidden = torch.ones_like(tokens, dtype=torch.bool)                                        # (B, L) tokens scored
+    revealed = None
+    if getattr(net.cfg, 'mask_finest', False) and net.training:                              # some finest codes shown
+        sK = net.scales[-1]
+        hidden[:, -sK:] = reveal_mask(tokens.shape[0], sK, dev)
+        revealed = torch.where(hidden[:, -sK:], net.mask_id, tokens[:, -sK:])
+    logits = model(feat, pos, slot, labels, revealed=revealed) if revealed is not None else model(feat, pos, slot, labels)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction='none').view(tokens.shape)
     hit = (logits.argmax(-1) == tokens).float()                                               # (B, L)
-    per_scale = torch.stack([c.mean() for c in ce.split(net.scales, 1)])                      # (K,)
+    hf = hidden.float()
+    mean = (lambda x, h: x.mean()) if revealed is None else (lambda x, h: (x * h).sum() / h.sum())   # over hidden tokens
+    per_scale = torch.stack([mean(c, h) for c, h in zip(ce.split(net.scales, 1), hf.split(net.scales, 1))])  # (K,)
     by_token = torch.tensor(net.scales, dtype=per_scale.dtype, device=dev) / sum(net.scales)   # (K,) s_k / L
     by_scale = torch.full_like(per_scale, 1 / len(net.scales))                                  # (K,) 1 / K
     w = dict(scale=by_scale, token=by_token, mixed=(by_scale + by_token) / 2)[weighting]       # (K,) sums to 1
     out = dict(loss=(w * per_scale).sum())
-    for k, (l_k, h_k) in enumerate(zip(per_scale, hit.split(net.scales, 1))):
-        out[f'loss_{k}'], out[f'acc_{k}'] = l_k.detach(), h_k.mean().detach()
+    for k, (l_k, h_k, n_k) in enumerate(zip(per_scale, hit.split(net.scales, 1), hf.split(net.scales, 1))):
+        out[f'loss_{k}'], out[f'acc_{k}'] = l_k.detach(), mean(h_k, n_k).detach()
     return out
+
+def reveal_mask(B: int, s: int, device=None, p_all: float = 0.25) -> torch.Tensor:
+    """`(B, s)` bool, True = hidden: which finest codes a `mask_finest` model must predict in a training row. A row hides
+    all `s` (with probability `p_all`: the sampler's first pass) or a share `cos(pi u / 2)`, u ~ U(0, 1) (MaskGIT's
+    schedule), and at least one; the rest are shown. Draws from torch's global random stream (`fit` checkpoints it)."""
+    u = torch.rand(B, 1, device=device)
+    share = torch.where(torch.rand(B, 1, device=device) < p_all, torch.ones_like(u), torch.cos(math.pi / 2 * u))
+    n_hidden = (share * s).ceil().clamp(1, s)                                                 # (B, 1)
+    rank = torch.rand(B, s, device=device).argsort(1).argsort(1)                              # (B, s) a random order
+    return rank < n_hidden
+
+def with_masked_finest(model: ScaleTransformer) -> ScaleTransformer:
+    "A `mask_finest` copy of a trained plain `model` (same weights, zero code embedding: the same logits until trained)."
+    if model.cfg.mask_finest: raise ValueError("the model already has mask_finest=True")
+    new = ScaleTransformer.from_config(model.cfg.override(mask_finest=True)).to(_device_of(model))
+    miss = new.load_state_dict(model.state_dict(), strict=False)
+    assert miss.missing_keys == ['code_emb.weight'] and not miss.unexpected_keys, miss
+    return new.train(model.training)
 
 # %% ../nbs/10_generate.ipynb #ef24eb89
 def _residual_quantizer(tokenizer):
@@ -321,15 +350,16 @@ class PrefixRecompute:
     "The no-cache baseline: keep the inputs of past scales and rerun the whole prefix at every step."
     def __init__(self): self.parts = []
 
-def _run_step(model, k, inputs, labels, cache):
-    "Logits `(B, s_k, V)` of scale k with a `KVCache` (fast) or a `PrefixRecompute` (reference)."
-    if isinstance(cache, KVCache): return model.step(k, *inputs, labels=labels, cache=cache, batch_size=len(labels))
-    if k > 0: cache.parts.append(inputs)
+def _run_step(model, k, inputs, labels, cache, revealed=None):
+    "Logits `(B, s_k, V)` of scale k with a `KVCache` (fast) or a `PrefixRecompute` (reference); `revealed`: see `ScaleTransformer.embed`."
+    kw = {} if revealed is None else dict(revealed=revealed)
+    if isinstance(cache, KVCache): return model.step(k, *inputs, labels=labels, cache=cache, batch_size=len(labels), **kw)
+    if k > len(cache.parts): cache.parts.append(inputs)          # a scale's inputs once, however many passes it runs
     B, dev = len(labels), labels.device
     if cache.parts: feat, pos, slot = flatten_teacher(cache.parts)
     else: feat, pos, slot = (torch.zeros(B, 0, model.tokenizer_dim, device=dev), torch.zeros(B, 0, 3, device=dev),
                              torch.zeros(B, 0, dtype=torch.long, device=dev))
-    return model(feat, pos, slot, labels)[:, -model.scales[k]:]
+    return model(feat, pos, slot, labels, **kw)[:, -model.scales[k]:]
 
 # %% ../nbs/10_generate.ipynb #3fb50e20
 def _is_int(v) -> bool:
@@ -413,24 +443,55 @@ def _check_pair(model, tokenizer):
     if _device_of(model) != _device_of(tokenizer):
         raise ValueError(f"the model is on {_device_of(model)} and the tokenizer on {_device_of(tokenizer)}: move both to one device")
 
-def scale_logits(model, k, inputs, labels, cache, cfg_scale: float | None = None):
+def scale_logits(model, k, inputs, labels, cache, cfg_scale: float | None = None, revealed=None):
     "Logits `(B, s_k, V)` of scale k; with `cfg_scale` the batch runs twice (class | null) and is combined."
-    if cfg_scale is None: return _run_step(model, k, inputs, labels, cache).float()
+    if cfg_scale is None: return _run_step(model, k, inputs, labels, cache, revealed).float()
     null = torch.full_like(labels, model.null_class)
-    both = _run_step(model, k, [None if t is None else torch.cat([t, t]) for t in inputs], torch.cat([labels, null]), cache).float()
+    both = _run_step(model, k, [None if t is None else torch.cat([t, t]) for t in inputs], torch.cat([labels, null]), cache,
+                     None if revealed is None else torch.cat([revealed, revealed])).float()
     cond, uncond = both.chunk(2)
     return cfg_combine(cond, uncond, cfg_scale)
 
-def _sample_batch(model, tokenizer, labels, fixed, cfg_scale, pick, use_cache=True, n_scales=None):
+FINEST_ORDERS = ('confidence', 'random')
+
+def draw_in_passes(model, k, inputs, labels, cache, cfg_scale, pick, passes: int, order: str = 'confidence',
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """The finest scale `k` of a `mask_finest` model drawn in `passes` passes (MaskGIT): every pass draws all codes still
+    hidden (with `pick`) and keeps some, so that `floor(s cos(pi t / 2 passes))` stay hidden after pass t (none after
+    the last); the kept ones are shown to the next pass. `order`: which are kept first, 'confidence' (the codes the
+    model gave the highest probability: MaskGIT's rule) or 'random' (a random order drawn once with `generator`: every
+    code is drawn from its distribution given the ones kept before it). Returns `(B, s_k)` codes."""
+    if order not in FINEST_ORDERS: raise ValueError(f"order must be one of {FINEST_ORDERS}, got {order!r}")
+    B, s = len(labels), model.scales[k]
+    start = cache.length if isinstance(cache, KVCache) else None
+    revealed = torch.full((B, s), model.mask_id, dtype=torch.long, device=labels.device)     # (B, s) all hidden
+    if order == 'random': rank = torch.rand(B, s, generator=generator, device=labels.device).argsort(1).argsort(1)
+    for t in range(1, passes + 1):
+        if start is not None: cache.trim(start)                                              # run the scale again
+        with autocast(labels.device):
+            logits = scale_logits(model, k, inputs, labels, cache, cfg_scale, revealed)     # (B, s, V)
+        hidden, drawn = revealed == model.mask_id, pick(logits, k)                           # (B, s), (B, s)
+        conf = logits.log_softmax(-1).gather(-1, drawn[..., None]).squeeze(-1)               # (B, s) log p(drawn)
+        n_left = int(s * math.cos(math.pi / 2 * t / passes))                                 # hidden after pass t
+        if order == 'confidence': rank = conf.masked_fill(~hidden, float('inf')).argsort(1).argsort(1)   # least sure first
+        stay = rank < n_left                                                                 # (B, s) hidden after pass t
+        revealed = torch.where(hidden & ~stay, drawn, revealed)
+    return revealed
+
+def _sample_batch(model, tokenizer, labels, fixed, cfg_scale, pick, use_cache=True, n_scales=None, finest_passes: int = 1,
+                  finest_order: str = 'confidence', generator=None):
     "The coarse-to-fine loop for one batch: scale by scale, with the KV cache (the first `n_scales` scales; default all)."
     B, device, K = len(labels), labels.device, len(tokenizer.scales)
     n = n_scales or K
     state, cache = tokenizer.start_state(B, device), model.new_cache() if use_cache else PrefixRecompute()
     for k in range(n):
         inputs = () if k == 0 else tokenizer.next_scale_inputs(state, k - 1)   # parents of scale k
-        with autocast(device):
-            logits = scale_logits(model, k, inputs, labels, cache, cfg_scale)  # (B, s_k, V)
-        idx = fixed[k] if k < len(fixed) else pick(logits, k)                  # (B, s_k)
+        if k == K - 1 and finest_passes > 1 and k >= len(fixed):
+            idx = draw_in_passes(model, k, inputs, labels, cache, cfg_scale, pick, finest_passes, finest_order, generator)
+        else:
+            with autocast(device):
+                logits = scale_logits(model, k, inputs, labels, cache, cfg_scale)  # (B, s_k, V)
+            idx = fixed[k] if k < len(fixed) else pick(logits, k)                  # (B, s_k)
         state = tokenizer.add_scale(state, k, idx)
     if n == K: points = tokenizer.decode_state(state)
     else: points = state.positions[-1] if state.positions else None       # stopped early: X̂_n (None: no per-scale positions)
@@ -440,7 +501,7 @@ def _sample_batch(model, tokenizer, labels, fixed, cfg_scale, pick, use_cache=Tr
 def sample(model, tokenizer, n: int | None = None, labels=None, temperature: float | Sequence[float] = 1.0, top_k: int | None = None,
            top_p: float | Sequence[float | None] | None = None, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
            seed: int | None = None, fixed_indices=None, batch_size: int = 64, use_cache: bool = True,
-           n_scales: int | None = None) -> dict:
+           n_scales: int | None = None, finest_passes: int = 1, finest_order: str = 'confidence') -> dict:
     """Sample shapes coarse to fine.
 
     `labels`: None (unconditional), one class id (with `n`), or `(B,)` class ids. `temperature`: one number, or
@@ -451,7 +512,10 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     every prefix (the slow reference). `n_scales`: stop after the first n scales (default all K); `points` is then
     X̂_n (B, s_n, 3) (None for tokenizers without per-scale positions, such as G3PT's), and when all shapes fit one
     batch the draws of scales 1..n are those of the full call with the same seed (each batch consumes the random
-    stream in turn, so with several batches the later ones differ). Returns dict with
+    stream in turn, so with several batches the later ones differ). `finest_passes` > 1 (a model trained with
+    `mask_finest`): the finest scale is drawn in that many passes, each seeing the codes kept before (`draw_in_passes`;
+    `finest_order` 'confidence' or 'random': which codes are kept first).
+    Returns dict with
     `points` (B, N, 3), `scale_points` list[(B, s_k, 3)] (every X̂_k), `indices` list[(B, s_k)], `labels` (B,)."""
     device = next(model.parameters()).device
     K = len(tokenizer.scales)
@@ -459,6 +523,10 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
         raise ValueError(f"n_scales must be an integer in 1..{K}, got {n_scales!r}")
     _check_sample_args(n, temperature, top_k, top_p, cfg_scale, batch_size)
     _check_pair(model, tokenizer)
+    if not (_is_int(finest_passes) and finest_passes >= 1): raise ValueError(f"finest_passes must be an integer >= 1, got {finest_passes!r}")
+    if finest_passes > 1 and not getattr(getattr(model, 'cfg', None), 'mask_finest', False):
+        raise ValueError("finest_passes > 1 needs a generator trained with mask_finest=True (TransformerConfig)")
+    if finest_order not in FINEST_ORDERS: raise ValueError(f"finest_order must be one of {FINEST_ORDERS}, got {finest_order!r}")
     labels = _sample_labels(model, n, labels, device)
     fixed = _check_fixed(tokenizer, fixed_indices, len(labels), device)
     if n_scales is not None and len(fixed) >= n_scales:
@@ -472,7 +540,8 @@ def sample(model, tokenizer, n: int | None = None, labels=None, temperature: flo
     model.eval(); tokenizer.eval()
     try:
         outs = [_sample_batch(model, tokenizer, labels[a:a + batch_size], [f[a:a + batch_size] for f in fixed],
-                              cfg_scale if guided else None, pick, use_cache, n_scales) for a in range(0, len(labels), batch_size)]
+                              cfg_scale if guided else None, pick, use_cache, n_scales, finest_passes, finest_order, generator)
+                for a in range(0, len(labels), batch_size)]
     finally:
         model.train(modes[0]); tokenizer.train(modes[1])
     cat = lambda key: [torch.cat([o[key][k] for o in outs]) for k in range(len(outs[0][key]))]

@@ -72,6 +72,7 @@ class TransformerConfig(Config):
     attn: str = 'auto'            # 'auto' (flex on CUDA without a soft mask, else dense) | 'dense' | 'flex'
     learned_pos: bool = False     # a learned embedding per token of the sequence (VAR; for tokenizers without positions)
     qk_norm: bool = False         # LayerNorm on queries and keys per head (stabler attention logits)
+    mask_finest: bool = False     # the finest scale also sees the codes drawn there so far ([MASK] elsewhere): drawn in passes
     # filled in by ScaleTransformer from the tokenizer (so a checkpoint's config rebuilds the model):
     tokenizer_dim: int | None = None
     scales: tuple | None = None
@@ -218,6 +219,11 @@ class KVCache:
         return k, v
     @property
     def length(self) -> int: return 0 if self.k[0] is None else self.k[0].shape[2]
+    def trim(self, length: int):
+        "Forget every token past the first `length` (to run a scale again, e.g. another pass of the finest one)."
+        if not 0 <= length <= self.length: raise ValueError(f"trim: length must be in 0..{self.length}, got {length}")
+        self.k = [None if length == 0 else k[:, :, :length] for k in self.k]
+        self.v = [None if length == 0 else v[:, :, :length] for v in self.v]
 
 class SelfAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig, layer: int):
@@ -277,10 +283,12 @@ class ScaleTransformer(nn.Module):
         self.ln_f, self.head = nn.LayerNorm(D), nn.Linear(D, codebook_size)
         self.soft = LearnedSoftMask(cfg.n_freq, max(self.ratios, default=1), cfg.soft_mask_dim) if cfg.soft_mask == 'learned' else None
         self.pos_emb = nn.Parameter(torch.randn(sum(self.scales), D) * 0.02) if cfg.learned_pos else None   # (L, D)
+        self.code_emb = nn.Embedding(codebook_size + 1, D) if cfg.mask_finest else None   # finest scale; last row: [MASK]
         self.register_buffer('scale_id', scale_ids(self.scales, integer_ratios=False), persistent=False)   # (L,)
         self.register_buffer('mask', block_causal_mask(self.scales, integer_ratios=False), persistent=False)  # (L, L)
         self._block_masks = {}
         self.apply(self._init)
+        if self.code_emb is not None: nn.init.zeros_(self.code_emb.weight)   # all [MASK] = the plain model (warm starts keep it)
 
     @staticmethod
     def _init(m):
@@ -306,7 +314,8 @@ class ScaleTransformer(nn.Module):
     def n_params(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if not embeddings: n -= sum(p.numel() for p in [self.class_emb.weight, self.start_emb, self.scale_emb.weight, self.slot_emb.weight,
-                                                      *([self.pos_emb] if self.pos_emb is not None else [])])
+                                                      *([self.pos_emb] if self.pos_emb is not None else []),
+                                                      *([self.code_emb.weight] if self.code_emb is not None else [])])
         return n
 
     # --- inputs -------------------------------------------------------------------------
@@ -331,10 +340,26 @@ class ScaleTransformer(nn.Module):
     def _start(self, B, device):
         return (self.start_emb + self.scale_emb.weight[0])[None].expand(B, -1, -1)    # (B, s_1, D)
 
-    def embed(self, feat, pos, slot, labels=None):
+    @property
+    def mask_id(self) -> int: return self.codebook_size   # the [MASK] code of a `mask_finest` model's revealed map
+
+    def _add_revealed(self, x_BSD, revealed):
+        "The finest scale's inputs plus the embedding of its revealed codes (`(B, s_K)`, `mask_id` = hidden; None: all hidden)."
+        if self.code_emb is None:
+            if revealed is not None: raise ValueError("revealed codes need a model built with mask_finest=True")
+            return x_BSD
+        B, s = x_BSD.shape[:2]
+        if revealed is None: revealed = torch.full((B, s), self.mask_id, dtype=torch.long, device=x_BSD.device)
+        if revealed.shape != (B, s) or ((revealed < 0) | (revealed > self.mask_id)).any():
+            raise ValueError(f"revealed: expected (B, {s}) = {(B, s)} codes in 0..{self.mask_id} ({self.mask_id} = [MASK]), "
+                             f"got {tuple(revealed.shape)}")
+        return x_BSD + self.code_emb(revealed.long())
+
+    def embed(self, feat, pos, slot, labels=None, revealed=None):
         """Input embeddings `(B, L', D)` and token positions `(B, L', 3)` (zeros at scale 1) of the first
         n scales, where the teacher inputs hold scales 2..n (`T = s_2 + ... + s_n` rows; T = 0 for n = 1).
-        `pos` and `slot` may be None (tokenizers without positions, e.g. G3PT's latent sets)."""
+        `pos` and `slot` may be None (tokenizers without positions, e.g. G3PT's latent sets). `revealed` (`mask_finest`
+        models, all scales): `(B, s_K)` finest codes the model may see (`mask_id` where hidden; None: all hidden)."""
         B, T = feat.shape[:2]
         prefix = [sum(self.scales[1:n]) for n in range(1, len(self.scales) + 1)]
         if (T not in prefix or feat.shape != (B, T, self.tokenizer_dim) or (pos is not None and pos.shape != (B, T, 3))
@@ -347,6 +372,8 @@ class ScaleTransformer(nn.Module):
         x = torch.cat([self._start(B, feat.device), self._embed_children(feat, pos, slot, self.scale_id[s1:s1 + T])], 1)
         x = x + self.class_emb(self._labels(labels, B, feat.device))[:, None]
         if self.pos_emb is not None: x = x + self.pos_emb[:s1 + T]
+        if s1 + T == self.L: x = torch.cat([x[:, :-self.scales[-1]], self._add_revealed(x[:, -self.scales[-1]:], revealed)], 1)
+        elif revealed is not None: raise ValueError("revealed codes belong to the finest scale: pass the teacher inputs of all scales")
         pos_full = feat.new_zeros(B, s1 + T, 3) if pos is None else torch.cat([pos.new_zeros(B, s1, 3), pos], 1)
         slot_full = None if slot is None else torch.cat([slot.new_zeros(B, s1), slot], 1)
         return x, pos_full, slot_full
@@ -380,9 +407,10 @@ class ScaleTransformer(nn.Module):
         return self._block_masks[key]
 
     # --- forward passes -----------------------------------------------------------------
-    def forward(self, feat, pos=None, slot=None, labels=None, backend: str | None = None):
-        "Teacher-forced logits `(B, L, V)` from concatenated inputs of scales 2..K (see `flatten_teacher`); a prefix of scales works too."
-        x, pos_full, slot_full = self.embed(feat, pos, slot, labels)
+    def forward(self, feat, pos=None, slot=None, labels=None, backend: str | None = None, revealed=None):
+        """Teacher-forced logits `(B, L, V)` from concatenated inputs of scales 2..K (see `flatten_teacher`); a prefix of
+        scales works too. `revealed`: the finest codes a `mask_finest` model sees (see `embed`)."""
+        x, pos_full, slot_full = self.embed(feat, pos, slot, labels, revealed)
         attend = self._attend_full(pos_full, backend or self.backend(x.device), slot_full)
         for blk in self.blocks: x = blk(x, attend)
         return self.head(self.ln_f(x))
@@ -391,8 +419,9 @@ class ScaleTransformer(nn.Module):
 
     @torch.no_grad()
     def step(self, k: int, feat=None, pos=None, slot=None, labels=None, cache: KVCache | None = None,
-             batch_size: int | None = None):
-        "Logits `(B, s_k, V)` of scale `k` (0-based) given the cache of scales < k (which is extended)."
+             batch_size: int | None = None, revealed=None):
+        """Logits `(B, s_k, V)` of scale `k` (0-based) given the cache of scales < k (which is extended). `revealed`
+        (`mask_finest` models, finest scale): the codes drawn there so far (see `embed`); `cache.trim` before a new pass."""
         if cache is None or cache.length != sum(self.scales[:k]):
             raise ValueError(f"step {k}: the cache must hold exactly scales 0..{k - 1} "
                              f"({sum(self.scales[:k])} tokens), it holds {None if cache is None else cache.length}")
@@ -407,6 +436,8 @@ class ScaleTransformer(nn.Module):
             if pos is None and self.cfg.soft_mask != 'none': raise ValueError("soft_mask needs token positions; this tokenizer gives none")
         x = x + self.class_emb(self._labels(labels, B, dev))[:, None]
         if self.pos_emb is not None: x = x + self.pos_emb[cache.length:cache.length + self.scales[k]]
+        if k == len(self.scales) - 1: x = self._add_revealed(x, revealed)
+        elif revealed is not None: raise ValueError(f"step {k}: revealed codes belong to the finest scale ({len(self.scales) - 1})")
         attend = dense_attend   # every cached key is coarser, and the scale is bidirectional: no mask
         if self.cfg.soft_mask != 'none':
             bias = (-self.cfg.soft_mask_alpha * torch.cdist(pos_k, pos_k).square() if self.cfg.soft_mask == 'fixed'

@@ -44,6 +44,10 @@ def main():
     ap.add_argument('--top-k', type=int, default=None)
     ap.add_argument('--top-p', default=None, help="nucleus mass, one number or one per scale (comma-separated, 'none' "
                     "= no filtering at that scale; default: the pair's own setting, else none)")
+    ap.add_argument('--finest-passes', type=int, default=None, help="draw the finest scale in this many passes (a generator "
+                    "trained with --generator-mask-finest; default: the pair's sampling setting, else 1)")
+    ap.add_argument('--finest-order', default=None, choices=('confidence', 'random'), help="with --finest-passes: which "
+                    "codes each pass keeps first (default: the pair's sampling setting, else 'confidence')")
     ap.add_argument('--cfg', type=float, default=None, help='classifier-free guidance scale (None: plain conditional)')
     ap.add_argument('--no-recon', action='store_true', help="skip the tokenizer's reconstructions (sampling sweeps)")
     ap.add_argument('--no-samples', action='store_true', help="score only the tokenizer's reconstructions (the folder "
@@ -89,6 +93,9 @@ def main():
              else tok.info.get('sampling', {}).get('top_p'))
     one = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v
     kw = dict(temperature=one(temp), top_k=a.top_k, top_p=one(top_p), cfg_scale=1.0 if a.cfg is None else a.cfg)
+    passes = a.finest_passes if a.finest_passes is not None else tok.info.get('sampling', {}).get('finest_passes', 1)
+    order = a.finest_order or tok.info.get('sampling', {}).get('finest_order', 'confidence')
+    if passes != 1: kw.update(finest_passes=passes, finest_order=order)   # (only then: older records have no such keys)
     print('sampling:', kw, flush=True)
     for c, cat in enumerate(cats):
         test = SyntheticShapes(a.refs, [cat], a.n, n_points=N, resample=False, normalizer=frame)

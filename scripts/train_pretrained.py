@@ -25,7 +25,9 @@ shapes by `scripts/eval_pretrained.py`.
 experiment of lesson 10 were made; `--generator-init CKPT --generator-lr LR` (with `--tokenizer-from`, and best a new
 `--seed`) continues a generator from a checkpoint instead of a fresh start; `--generator-ckpt PATH` keeps a training
 checkpoint there (every 100 steps and on Ctrl-C / SIGTERM) and the same command run again resumes it exactly, so a
-two-hour CPU run can span several sittings. `--generator-corrective P` trains a share P of each batch's rows on one
+two-hour CPU run can span several sittings. `--generator-mask-finest` trains a generator whose finest scale also sees
+the codes drawn there so far (lesson 10; `scripts/eval_pretrained.py --finest-passes P` samples it in P passes).
+`--generator-corrective P` trains a share P of each batch's rows on one
 scale drawn by the generator itself and corrective finer tokens (`generate.corrective_loss`, lesson 10; measured there:
 less varied samples, not shipped). `--tokenizer-init DIR` continues the
 tokenizer of the pair folder DIR (its weights and its frame) for `--tokenizer-steps` more steps on `--n-train` shapes per
@@ -49,7 +51,7 @@ from nsp_explore.train import TrainingInterrupted, fit
 from nsp_explore.train_tokenizer import calibrate_recon_scale, tokenizer_datasets, tokenizer_loss, tokenizer_train_config, _val_cd
 from nsp_explore.tokenizer import PointNSPTokenizer, TokenizerConfig
 from nsp_explore.transformer import ScaleTransformer, TransformerConfig
-from nsp_explore.generate import LOSS_WEIGHTINGS, cache_tokens, generator_loss_fn, generator_train_config
+from nsp_explore.generate import LOSS_WEIGHTINGS, cache_tokens, generator_loss_fn, generator_train_config, with_masked_finest
 
 
 def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=None, seed: int = 0, batch_size: int = 32,
@@ -86,14 +88,16 @@ def train_pair(tokenizer_steps: int, generator_steps: int, out: Path, device=Non
 
 def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 0, generator_batch: int = 64, gen_cfg=None,
                           max_teacher_gb: float = 8.0, init=None, lr: float | None = None, loss_weighting: str = 'scale',
-                          ckpt_path=None, ckpt_every: int = 100, corrective: float = 0.0, **fit_kw):
+                          ckpt_path=None, ckpt_every: int = 100, corrective: float = 0.0, mask_finest: bool = False, **fit_kw):
     """The pair's second stage: a nano `ScaleTransformer` trained on `tok`'s tokens of `train` (one sequence per FPS
     trajectory, `tok.cfg.fps_trajectories` passes). The transformer's inputs are cached beside the tokens when they fit
     in `max_teacher_gb` (640 shapes per class need 2.3 GB); past that each batch decodes its own from the tokenizer
     (same inputs, slower steps). `init`: a generator checkpoint to start from (a warm restart: its config, not
     `gen_cfg`; best with a new `seed`, so the batches are not the first run's again, and a smaller `lr`).
     `loss_weighting`: `next_scale_loss`'s `weighting` ('scale', the default, 'token' or 'mixed'). `corrective` > 0: that
-    share of each batch trains on a scale drawn by the generator and corrective finer tokens (`corrective_loss`). `ckpt_path`: a training
+    share of each batch trains on a scale drawn by the generator and corrective finer tokens (`corrective_loss`). `mask_finest`:
+    a generator whose finest scale also sees the codes drawn there so far (`TransformerConfig.mask_finest`; with `init`, the
+    plain generator gets a zero code embedding, `generate.with_masked_finest`), sampled with `finest_passes`. `ckpt_path`: a training
     checkpoint (weights, optimizer, schedule, RNG) written there every `ckpt_every` steps and on Ctrl-C / SIGTERM; the same
     call again resumes it exactly (a run longer than one sitting). `fit_kw` goes to `fit` (e.g. `callbacks`).
     Returns `(generator, record)`."""
@@ -109,8 +113,10 @@ def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 
         if gen.n_classes != len(train.dataset.categories) or tuple(gen.cfg.scales) != tuple(tok.scales):
             raise ValueError(f"{init}: a generator for {gen.n_classes} classes and scales {gen.cfg.scales}, the data has "
                              f"{len(train.dataset.categories)} classes and the tokenizer scales {tok.scales}")
+        if mask_finest and not gen.cfg.mask_finest: gen = with_masked_finest(gen)
     else:
-        gen = ScaleTransformer.for_tokenizer(gen_cfg or TransformerConfig.preset('nano'), tok, len(train.dataset.categories))
+        cfg = gen_cfg or TransformerConfig.preset('nano')
+        gen = ScaleTransformer.for_tokenizer(cfg.override(mask_finest=True) if mask_finest else cfg, tok, len(train.dataset.categories))
     gcfg = generator_train_config('nano', steps=generator_steps, batch_size=generator_batch, seed=seed,
                                   warmup_steps=min(200, generator_steps // 10 + 1), log_every=max(1, generator_steps // 20),
                                   ckpt_every=ckpt_every if ckpt_path is not None else 0, **({} if lr is None else dict(lr=lr)))
@@ -120,7 +126,7 @@ def train_generator_stage(tok, train, generator_steps: int, device, seed: int = 
                    'resumed the checkpoint at generator_resumed_at_step') if hg.start_step else {}
     return gen, dict(generator_s=time.time() - t0, generator_steps=generator_steps, generator_train=gcfg.to_dict(), **resumed,
                      generator_loss=hg.last('loss'), n_train_shapes=len(train), generator_init=None if init is None else str(init),
-                     generator_loss_weighting=loss_weighting, generator_corrective=corrective,
+                     generator_loss_weighting=loss_weighting, generator_corrective=corrective, generator_mask_finest=mask_finest,
                      generator_loss_per_scale=[round(hg.last(f'loss_{k}'), 4) for k in range(len(tok.scales))])
 
 
@@ -246,12 +252,16 @@ if __name__ == '__main__':
     ap.add_argument('--generator-corrective', type=float, default=0.0, help="with --tokenizer-from: the share of each "
                     "batch's rows trained on one scale drawn by the generator itself and corrective finer tokens "
                     "(generate.corrective_loss; 0 = plain teacher forcing)")
+    ap.add_argument('--generator-mask-finest', action='store_true', help="with --tokenizer-from: a generator whose finest "
+                    "scale also sees the codes drawn there so far (TransformerConfig.mask_finest; sampled in passes, "
+                    "sample(..., finest_passes=P))")
     a = ap.parse_args()
     if a.generator_init and not a.tokenizer_from: ap.error('--generator-init needs --tokenizer-from')
     if a.generator_ckpt and not a.tokenizer_from: ap.error('--generator-ckpt needs --tokenizer-from')
     if a.generator_ckpt_every < 1: ap.error('--generator-ckpt-every must be >= 1')
     if not 0 <= a.generator_corrective <= 1: ap.error('--generator-corrective must be in [0, 1]')
     if a.generator_corrective and not a.tokenizer_from: ap.error('--generator-corrective needs --tokenizer-from')
+    if a.generator_mask_finest and not a.tokenizer_from: ap.error('--generator-mask-finest needs --tokenizer-from')
     if a.tokenizer_init and a.tokenizer_from: ap.error('--tokenizer-init and --tokenizer-from exclude each other')
     if a.tokenizer_lr is not None and not a.tokenizer_init: ap.error('--tokenizer-lr needs --tokenizer-init')
     if a.tokenizer_init:
@@ -264,7 +274,8 @@ if __name__ == '__main__':
             rec = retrain_generator(Path(a.tokenizer_from), a.generator_steps, Path(a.out), a.device, gen_cfg=gen_cfg,
                                     n_train=a.n_train, seed=a.seed, init=a.generator_init, lr=a.generator_lr,
                                     loss_weighting=a.generator_loss, ckpt_path=a.generator_ckpt,
-                                    ckpt_every=a.generator_ckpt_every, corrective=a.generator_corrective)[3]
+                                    ckpt_every=a.generator_ckpt_every, corrective=a.generator_corrective,
+                                    mask_finest=a.generator_mask_finest)[3]
         except TrainingInterrupted as e:              # fit saved the step boundary (with --generator-ckpt) and says where
             print(e, file=sys.stderr); sys.exit(130)
         print(json.dumps(rec, indent=2, default=str)); sys.exit()

@@ -413,6 +413,45 @@ def test_retrain_generator_corrective_training_reaches_the_loss_and_resumes_exac
     assert bad.returncode == 2 and '--generator-corrective must be in [0, 1]' in bad.stderr
 
 
+def test_retrain_generator_mask_finest_warm_starts_records_and_resumes_exactly(tmp_path):
+    """train_pretrained.py --generator-mask-finest: a fresh generator gets the code embedding and the record says so;
+    from --generator-init the shipped plain generator is upgraded (its other weights are the start); the hidden codes
+    come from torch's random stream, so a run cut at step 3 resumes to the weights of an uninterrupted run; the
+    result samples in passes, and the flag needs --tokenizer-from."""
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from train_pretrained import retrain_generator
+    from nsp_explore.generate import load_generator, sample
+    from nsp_explore.train import TrainingInterrupted
+    from nsp_explore.transformer import TransformerConfig
+    src, cfg = ROOT / 'data_samples' / 'pretrained', TransformerConfig.preset('nano', d_model=32)
+    kw = dict(generator_batch=8, n_train=1, n_val=1, gen_cfg=cfg, seed=3)
+    tok, gen, _, rec = retrain_generator(src, 2, tmp_path / 'mf', 'cpu', mask_finest=True, **kw)
+    assert rec['generator_mask_finest'] is True and gen.cfg.mask_finest and rec['generator_config']['mask_finest']
+    assert gen.code_emb.weight.abs().sum() > 0                                        # trained away from its zero start
+    assert load_generator(tmp_path / 'mf' / 'nano_generator.pt').cfg.mask_finest      # the saved config rebuilds it
+    out = sample(gen, tok, labels=torch.arange(2), seed=0, finest_passes=3)
+    assert out['points'].shape == (2, tok.n_points, 3) and torch.isfinite(out['points']).all()
+    plain = retrain_generator(src, 2, tmp_path / 'plain', 'cpu', **kw)[3]
+    assert plain['generator_mask_finest'] is False and not plain['generator_config']['mask_finest']
+    warm = retrain_generator(src, 1, tmp_path / 'warm', 'cpu', init=src / 'nano_generator.pt', lr=1e-9, mask_finest=True,
+                             **{k: v for k, v in kw.items() if k != 'gen_cfg'})[1]
+    shipped = load_generator(src / 'nano_generator.pt').state_dict()
+    assert warm.cfg.mask_finest and warm.cfg.d_model == load_generator(src / 'nano_generator.pt').cfg.d_model
+    assert all(torch.allclose(warm.state_dict()[k], v, atol=1e-6) for k, v in shipped.items())   # lr ~0: the start kept
+    whole = retrain_generator(src, 6, tmp_path / 'whole', 'cpu', mask_finest=True, **kw)[1].state_dict()
+
+    def cut(step, out, hist):
+        if step == 3: raise KeyboardInterrupt
+    ckpt = tmp_path / 'ckpt.pt'
+    with pytest.raises(TrainingInterrupted):
+        retrain_generator(src, 6, tmp_path / 'cut', 'cpu', mask_finest=True, ckpt_path=ckpt, ckpt_every=2, callbacks=[cut], **kw)
+    resumed = retrain_generator(src, 6, tmp_path / 'cut', 'cpu', mask_finest=True, ckpt_path=ckpt, ckpt_every=2, **kw)[1].state_dict()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    bad = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'train_pretrained.py'), '--generator-mask-finest'],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and '--generator-mask-finest needs --tokenizer-from' in bad.stderr
+
+
 def test_continue_tokenizer_then_warm_generator_makes_a_pair(tmp_path):
     """train_pretrained.py --tokenizer-init: the pair's tokenizer trains on from its weights, in its frame (raw decoder,
     calibrated again), saved alone (the old generator no longer fits its codes); --tokenizer-from that folder with
@@ -669,3 +708,33 @@ def test_corrective_benchmark_rows_on_the_shipped_pair():
     idx, _ = tok.encode(x)
     assert rows[0]['recon'] == pytest.approx(float(chamfer(tok.decode(idx)['points'], x).mean()), rel=1e-5)
     assert corrective_rows(tok, gen, 2, seed=5) == rows
+
+
+def test_mask_finest_benchmark_hidden_ce_against_the_loss():
+    """bench_mask_finest.hidden_ce: with nothing shown it is the finest scale's eval loss of `next_scale_loss` (every
+    code hidden; float64 against float32); on a warm-started mask_finest generator (zero code embedding) showing codes
+    changes nothing until it is trained, so the CE of the hidden ones equals the plain generator's CE of those same
+    codes; a plain generator cannot be shown codes."""
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from bench_mask_finest import hidden_ce
+    from nsp_explore.data import SyntheticShapes
+    from nsp_explore.generate import cache_tokens, load_pretrained, next_scale_loss, with_masked_finest
+    tok, gen = load_pretrained('nano')
+    val = SyntheticShapes('val', tok.info['categories'][:2], 3, n_points=tok.n_points, resample=False, normalizer=tok.normalizer())
+    seqs = cache_tokens(tok, val)
+    mf = with_masked_finest(gen).eval()
+    K = len(tok.scales)
+    loss = next_scale_loss(gen.eval(), seqs.batch(torch.arange(len(seqs))))[f'loss_{K - 1}'].item()
+    r0 = hidden_ce(mf, seqs, 0.0, batch=4)
+    assert r0['hidden'] == len(seqs) * tok.scales[-1] and r0['ce'] == pytest.approx(loss, rel=1e-5)
+    r_half = hidden_ce(mf, seqs, 0.5, seed=1)
+    assert 0.3 < r_half['hidden'] / r0['hidden'] < 0.7
+    # the same hidden codes scored by the plain generator (the share's draw is the first of the seeded stream)
+    sK, g = tok.scales[-1], torch.Generator().manual_seed(1)
+    b = seqs.batch(torch.arange(len(seqs)))
+    shown = torch.rand(b['tokens'][:, -sK:].shape, generator=g) < 0.5
+    with torch.no_grad(): lg = gen(b['feat'], b['pos'], b['slot'], b['label'])[:, -sK:].double()
+    ce = torch.nn.functional.cross_entropy(lg.flatten(0, 1), b['tokens'][:, -sK:].flatten(), reduction='none').view(shown.shape)
+    assert r_half['ce'] == pytest.approx(float(ce[~shown].mean()), rel=1e-5)
+    with pytest.raises(ValueError, match='mask_finest generator'):
+        hidden_ce(gen, seqs, 0.5)
