@@ -471,10 +471,10 @@ def draw_in_passes(model, k, inputs, labels, cache, cfg_scale, pick, passes: int
         with autocast(labels.device):
             logits = scale_logits(model, k, inputs, labels, cache, cfg_scale, revealed)     # (B, s, V)
         hidden, drawn = revealed == model.mask_id, pick(logits, k)                           # (B, s), (B, s)
-        conf = logits.log_softmax(-1).gather(-1, drawn[..., None]).squeeze(-1)               # (B, s) log p(drawn)
-        n_left = int(s * math.cos(math.pi / 2 * t / passes))                                 # hidden after pass t
-        if order == 'confidence': rank = conf.masked_fill(~hidden, float('inf')).argsort(1).argsort(1)   # least sure first
-        stay = rank < n_left                                                                 # (B, s) hidden after pass t
+        if order == 'confidence':                                                            # the least sure rank first
+            conf = logits.log_softmax(-1).gather(-1, drawn[..., None]).squeeze(-1)           # (B, s) log p(drawn)
+            rank = conf.masked_fill(~hidden, float('inf')).argsort(1).argsort(1)
+        stay = rank < int(s * math.cos(math.pi / 2 * t / passes))                           # (B, s) hidden after pass t
         revealed = torch.where(hidden & ~stay, drawn, revealed)
     return revealed
 
