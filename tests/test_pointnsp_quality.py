@@ -738,3 +738,32 @@ def test_mask_finest_benchmark_hidden_ce_against_the_loss():
     assert r_half['ce'] == pytest.approx(float(ce[~shown].mean()), rel=1e-5)
     with pytest.raises(ValueError, match='mask_finest generator'):
         hidden_ce(gen, seqs, 0.5)
+
+
+def test_gpu_generators_dry_run_brings_back_scorable_pair_folders(tmp_path):
+    """scripts/gpu_generators.py --dry-run: every variant becomes a folder with the generator and its record but no
+    tokenizer copy; with the shipped tokenizer copied back in, load_pretrained gives a pair that samples; the summary
+    JSON lists each variant; a spent budget skips variants; malformed variants are refused."""
+    import shutil
+    sys.path.insert(0, str(ROOT / 'scripts'))
+    from gpu_generators import main, parse_variants
+    from nsp_explore.generate import load_pretrained, sample
+    rows = main(['--dry-run', '--device', 'cpu', '--out', str(tmp_path), '--variants', 'w192=192:640:4000,w256=256:640:8000'])
+    assert [(r['name'], r['status'], r['d_model'], r['n_train'], r['steps']) for r in rows] == \
+        [('w192', 'done', 32, 1, 3), ('w256', 'done', 32, 1, 3)]
+    summary = json.loads((tmp_path / 'gpu_generators.json').read_text())
+    assert summary['dry_run'] and [r['name'] for r in summary['rows']] == ['w192', 'w256']
+    folder = tmp_path / 'w192'
+    assert sorted(p.name for p in folder.iterdir()) == ['nano.json', 'nano_generator.pt']
+    rec = json.loads((folder / 'nano.json').read_text())
+    assert rec['generator_steps'] == 3 and '--generator-width 32' in rec['generator_command']
+    shutil.copy(ROOT / 'data_samples' / 'pretrained' / 'nano_tokenizer.pt', folder)
+    tok, gen = load_pretrained('nano', directory=folder)
+    assert gen.cfg.d_model == 32 and sample(gen, tok, labels=torch.arange(2), seed=0)['points'].shape == (2, tok.n_points, 3)
+    skipped = main(['--dry-run', '--device', 'cpu', '--out', str(tmp_path / 'late'), '--max-s', '-1', '--variants', 'a=64:1:1'])
+    assert skipped[0]['status'].startswith('skipped') and not (tmp_path / 'late' / 'a').exists()
+    assert parse_variants('a=1:2:3,b-2=4:5:6') == [('a', 1, 2, 3), ('b-2', 4, 5, 6)]
+    for bad, msg in (('a=1:2', 'NAME=WIDTH:SHAPES:STEPS'), ('a/b=1:2:3', 'letters, digits'), ('a=0:2:3', '>= 1'),
+                     ('a=1:2:3,a=4:5:6', 'repeat')):
+        with pytest.raises(ValueError, match=msg):
+            parse_variants(bad)
