@@ -15,6 +15,8 @@ Sections, in this order (each timed, each failure recorded rather than fatal, re
   soft_mask       ablation none / fixed / learned soft mask on the nano pair's tokens (validation loss)
   pointnsp_s      a short PointNSP-s training of both networks, per-scale reconstruction CD
 Writes benchmarks/results/gpu_suite_<device>.json (and a copy under $OUT when that is set).
+Device time left after it: `scripts/gpu_generators.py` trains larger generators on the shipped tokenizer (d_model
+192-256, 640 shapes per class, 4 000-8 000 steps) and brings them back as pair folders to score on the CPU.
 
 Time on the last H100 (2026-11-27, gpu_suite_cuda.json + gpu_suite_pointnsp_s_cuda.json): 512 s in all, with training
 budgets 150 / 36 / 60 s (nano_pretrained / soft_mask / pointnsp_s); the four CUDA tests took 106 s, the transformer

@@ -25,7 +25,8 @@ shapes by `scripts/eval_pretrained.py`.
 experiment of lesson 10 were made; `--generator-init CKPT --generator-lr LR` (with `--tokenizer-from`, and best a new
 `--seed`) continues a generator from a checkpoint instead of a fresh start; `--generator-ckpt PATH` keeps a training
 checkpoint there (every 100 steps and on Ctrl-C / SIGTERM) and the same command run again resumes it exactly, so a
-two-hour CPU run can span several sittings. `--generator-mask-finest` trains a generator whose finest scale also sees
+two-hour CPU run can span several sittings. On a lent GPU, `scripts/gpu_generators.py` runs several `--tokenizer-from` variants
+(larger generators) in one call. `--generator-mask-finest` trains a generator whose finest scale also sees
 the codes drawn there so far (lesson 10; `scripts/eval_pretrained.py --finest-passes P` samples it in P passes).
 `--generator-corrective P` trains a share P of each batch's rows on one
 scale drawn by the generator itself and corrective finer tokens (`generate.corrective_loss`, lesson 10; measured there:
