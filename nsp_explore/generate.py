@@ -126,17 +126,16 @@ def next_scale_loss(model, batch: dict, tokenizer=None, weighting: str = 'scale'
     net = getattr(model, 'module', model)                                                     # (DDP wraps the model)
     tokens, labels, feat, pos, slot = _batch_inputs(net, batch, tokenizer)
     dev = tokens.device
-    hidden = torch.ones_like(tokens, dtype=torch.bool)                                        # (B, L) tokens scored
-    revealed = None
+    hidden, kw = torch.ones_like(tokens, dtype=torch.bool), {}                                # (B, L) tokens scored
     if getattr(net.cfg, 'mask_finest', False) and net.training:                              # some finest codes shown
         sK = net.scales[-1]
         hidden[:, -sK:] = reveal_mask(tokens.shape[0], sK, dev)
-        revealed = torch.where(hidden[:, -sK:], net.mask_id, tokens[:, -sK:])
-    logits = model(feat, pos, slot, labels, revealed=revealed) if revealed is not None else model(feat, pos, slot, labels)
+        kw['revealed'] = torch.where(hidden[:, -sK:], net.mask_id, tokens[:, -sK:])
+    logits = model(feat, pos, slot, labels, **kw)                                             # (B, L, V)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), reduction='none').view(tokens.shape)
     hit = (logits.argmax(-1) == tokens).float()                                               # (B, L)
     hf = hidden.float()
-    mean = (lambda x, h: x.mean()) if revealed is None else (lambda x, h: (x * h).sum() / h.sum())   # over hidden tokens
+    mean = (lambda x, h: x.mean()) if not kw else (lambda x, h: (x * h).sum() / h.sum())   # over hidden tokens
     per_scale = torch.stack([mean(c, h) for c, h in zip(ce.split(net.scales, 1), hf.split(net.scales, 1))])  # (K,)
     by_token = torch.tensor(net.scales, dtype=per_scale.dtype, device=dev) / sum(net.scales)   # (K,) s_k / L
     by_scale = torch.full_like(per_scale, 1 / len(net.scales))                                  # (K,) 1 / K

@@ -21,7 +21,7 @@ import torch
 
 from _common import print_table, save_results
 from nsp_explore.data import SyntheticShapes
-from nsp_explore.generate import load_pretrained, sample, sample_two_stage
+from nsp_explore.generate import FINEST_ORDERS, load_pretrained, sample, sample_two_stage
 from nsp_explore.metrics import compute_all_metrics, copy_ratio, duplicate_fraction
 
 
@@ -46,7 +46,7 @@ def main():
                     "= no filtering at that scale; default: the pair's own setting, else none)")
     ap.add_argument('--finest-passes', type=int, default=None, help="draw the finest scale in this many passes (a generator "
                     "trained with --generator-mask-finest; default: the pair's sampling setting, else 1)")
-    ap.add_argument('--finest-order', default=None, choices=('confidence', 'random'), help="with --finest-passes: which "
+    ap.add_argument('--finest-order', default=None, choices=FINEST_ORDERS, help="with --finest-passes: which "
                     "codes each pass keeps first (default: the pair's sampling setting, else 'confidence')")
     ap.add_argument('--cfg', type=float, default=None, help='classifier-free guidance scale (None: plain conditional)')
     ap.add_argument('--no-recon', action='store_true', help="skip the tokenizer's reconstructions (sampling sweeps)")

@@ -74,7 +74,7 @@ def main(argv=None):
                 (out / name / 'nano_tokenizer.pt').unlink()           # the shipped one: copy it back in to score
                 row.update(status='done', wall_s=round(time.time() - t, 1), generator_s=round(rec['generator_s'], 1),
                            loss=round(rec['generator_loss'], 4), loss_per_scale=rec['generator_loss_per_scale'],
-                           params=sum(p.numel() for p in gen.parameters()))
+                           params=gen.n_params())
             except Exception as e:                                     # one failed variant must not cost the others
                 row.update(status=f'error: {type(e).__name__}: {e}'[:500], wall_s=round(time.time() - t, 1))
         rows.append(row)
